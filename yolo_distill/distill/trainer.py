@@ -104,7 +104,8 @@ class DistillationTrainer(DetectionTrainer):
         Ultralytics rebuilds the model from its YAML and copies the tensors whose shapes match, which silently
         re-inflates a pruned model to full width; here such a checkpoint keeps every tensor as it is.
         """
-        if isinstance(weights, nn.Module) and int(getattr(weights, "nc", -1)) == int(self.data["nc"]):
+        w_nc = int(weights.model[-1].nc) if isinstance(weights, nn.Module) else -1
+        if w_nc == int(self.data["nc"]):
             model = weights.float()
             for p in model.parameters():
                 if p.dtype.is_floating_point:
@@ -123,9 +124,9 @@ class DistillationTrainer(DetectionTrainer):
             body = [k for k in mismatched if not k.startswith(f"model.{len(model.model) - 1}.")]
             if body:
                 raise ValueError(
-                    f"the checkpoint has {weights.nc} classes and layer shapes that differ from its YAML "
+                    f"the checkpoint has {w_nc} classes and layer shapes that differ from its YAML "
                     f"({body[:3]}...), as a pruned model does; fine-tune a pruned model on data with the same "
-                    f"{weights.nc} classes"
+                    f"{w_nc} classes"
                 )
             model.load(weights)
         return model

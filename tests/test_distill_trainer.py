@@ -1,0 +1,294 @@
+"""The distillation trainer on tiny models: every family pair, checkpoints, resume, DDP rebuild, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import FAMILIES, train_args
+from yolo_distill.distill.trainer import DistillationTrainer
+
+PAIRS = [("v8", "11"), ("11", "26"), ("26", "v8")]
+
+
+def _rows(save_dir: Path) -> list[dict]:
+    with open(save_dir / "results.csv") as f:
+        return [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def _clean_load(ckpt: Path, data: Path) -> dict:
+    """Load, predict and validate ``ckpt`` in a process that never imports yolo_distill."""
+    code = f"""
+import json, sys, numpy as np
+from ultralytics import YOLO
+m = YOLO({str(ckpt)!r})
+r = m.predict(np.zeros((64, 64, 3), dtype=np.uint8), imgsz=64, verbose=False)
+met = m.val(data={str(data)!r}, imgsz=64, batch=4, plots=False, device="cpu", verbose=False)
+mods = sorted({{type(x).__module__.split('.')[0] for x in m.model.modules()}})
+print(json.dumps({{"mods": mods, "yd": any(k.startswith("yolo_distill") for k in sys.modules), "map": met.box.map}}))
+"""
+    env = {**os.environ, "PYTHONPATH": ""}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("teacher_fam,student_fam", PAIRS)
+def test_family_pairs_train_log_and_save_student_only(tmp_path, tiny_data, ckpt_factory, teacher_fam, student_fam):
+    teacher = ckpt_factory(FAMILIES[teacher_fam].replace("n.yaml", "s.yaml"))
+    tr = DistillationTrainer(
+        overrides=dict(
+            model=FAMILIES[student_fam],
+            data=str(tiny_data),
+            teacher=str(teacher),
+            recipe="default",
+            **train_args(tmp_path),
+        )
+    )
+    tr.train()
+    row = _rows(tr.save_dir)[0]
+    for col in ("train/kd_bkd", "train/kd_cwd", "val/kd_bkd", "val/kd_cwd"):
+        assert col in row, f"missing column {col} in results.csv: {list(row)}"
+    box_col = "train/kd_ld" if "train/kd_ld" in row else "train/kd_box"
+    assert box_col in row
+    assert float(row["train/kd_cwd"]) > 0, row
+    # LD is positive; box_kd is 0 here because an untrained teacher is below its confidence floor
+    assert float(row[box_col]) > 0 if box_col == "train/kd_ld" else float(row[box_col]) >= 0, row
+    # the teacher is in neither the live student nor its EMA
+    t_ids = {id(p) for p in tr.distill.teacher.parameters()}
+    assert not t_ids & {id(p) for p in tr.ema.ema.parameters()}
+    assert not t_ids & {id(p) for p in tr.model.parameters()}
+    n_teacher = sum(p.numel() for p in tr.distill.teacher.parameters())
+    ck = torch.load(tr.last, weights_only=False)
+    saved = ck.get("ema") or ck["model"]  # the final strip moves the EMA into "model"
+    n_saved = sum(p.numel() for p in saved.parameters())
+    assert n_saved == sum(p.numel() for p in tr.ema.ema.parameters()) and n_saved < n_teacher
+    assert saved.criterion is None
+    res = _clean_load(tr.best, tiny_data)
+    assert res["yd"] is False and "yolo_distill" not in res["mods"], res
+
+
+def test_val_loss_has_kd_terms_with_a_trained_like_teacher(tmp_path, tiny_data, ckpt_factory):
+    """With non-degenerate BN statistics the KD terms of the validation loss are non-zero."""
+    from ultralytics.nn.tasks import load_checkpoint
+
+    from yolo_distill.checkpoints import save_stock_checkpoint
+
+    t, _ = load_checkpoint(ckpt_factory("yolo11s.yaml"))
+    for m in t.modules():  # give BN layers non-trivial running statistics, as a trained teacher has
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    teacher = save_stock_checkpoint(t, tmp_path / "t.pt")
+    tr = DistillationTrainer(
+        overrides=dict(
+            model="yolo11n.yaml", data=str(tiny_data), teacher=str(teacher), recipe="pkd", **train_args(tmp_path)
+        )
+    )
+    tr.train()
+    row = _rows(tr.save_dir)[0]
+    assert float(row["val/kd_pkd"]) > 0, row
+
+
+def test_rebuild_from_args_alone_carries_recipe_and_teacher(tmp_path, tiny_data, ckpt_factory):
+    """Ultralytics' DDP re-creates the trainer as cls(cfg, overrides=vars(args)): everything must travel."""
+    from ultralytics.utils import DEFAULT_CFG_DICT
+
+    teacher = ckpt_factory("yolo11s.yaml")
+    recipe = {"losses": [{"name": "cwd", "weight": 2.5, "params": {"tau": 3.0}}], "schedule": {"kind": "linear_warmup"}}
+    tr = DistillationTrainer(
+        overrides=dict(
+            model="yolo11n.yaml",
+            data=str(tiny_data),
+            teacher=str(teacher),
+            distill=recipe,
+            sparsity=1e-4,
+            **train_args(tmp_path),
+        )
+    )
+    cfg = DEFAULT_CFG_DICT.copy()
+    cfg.update(save_dir="")
+    rebuilt = DistillationTrainer(cfg=cfg, overrides=dict(vars(tr.args)))
+    assert rebuilt.args.teacher == str(teacher)
+    assert rebuilt.recipe == tr.recipe and rebuilt.recipe.losses[0].weight == 2.5
+    assert rebuilt.recipe.losses[0].params == {"tau": 3.0} and rebuilt.recipe.schedule.kind == "linear_warmup"
+    assert rebuilt.args.sparsity == 1e-4
+
+
+def test_ddp_wrapped_student_gets_nonzero_kd(tmp_path, tiny_data, ckpt_factory):
+    """A DDP-wrapped student (gloo, world size 1) computes a non-zero KD loss through model(batch)."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_distill.config import load_distill_recipe
+    from yolo_distill.distill.criterion import DistillationCriterion, DistillContext
+    from yolo_distill.distill.teacher import load_teacher
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        student = DetectionModel("yolo11n.yaml", nc=8, verbose=False)
+        student.args = {"box": 7.5, "cls": 0.5, "dfl": 1.5}
+        from ultralytics.cfg import get_cfg
+
+        student.args = get_cfg()
+        teacher = load_teacher(ckpt_factory("yolov8s.yaml"))
+        ctx = DistillContext(teacher, student, load_distill_recipe("default"))
+        student.criterion = DistillationCriterion(student.init_criterion(), ctx)
+        ddp = DDP(student)
+        batch = {
+            "img": torch.rand(2, 3, 64, 64),
+            "batch_idx": torch.tensor([0.0, 1.0]),
+            "cls": torch.tensor([[1.0], [2.0]]),
+            "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.3], [0.4, 0.4, 0.2, 0.2]]),
+        }
+        loss, items = ddp(batch)
+        kd = [float(v) for k, v in items.items() if k.startswith("kd_")]
+        assert len(kd) == 3 and all(v > 0 for v in kd), items
+        loss.sum().backward()
+        assert all(p.grad is None for p in teacher.parameters())
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in ctx.connectors.parameters())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_resume_restores_teacher_recipe_and_connectors(tmp_path, tiny_data, ckpt_factory):
+    teacher = ckpt_factory("yolo11s.yaml")
+
+    class Killed(Exception):
+        pass
+
+    def kill(trainer):
+        raise Killed
+
+    tr = DistillationTrainer(
+        overrides=dict(
+            model="yolo11n.yaml",
+            data=str(tiny_data),
+            teacher=str(teacher),
+            recipe="cwd",
+            **train_args(tmp_path, epochs=2),
+        )
+    )
+    tr.add_callback("on_fit_epoch_end", kill)
+    with pytest.raises(Killed):
+        tr.train()
+    saved = {k: v.clone() for k, v in tr.distill.connectors.state_dict().items()}
+    last = tr.save_dir / "weights" / "last.pt"
+    resumed = DistillationTrainer(overrides=dict(resume=str(last)))
+    assert resumed.args.teacher == str(teacher) and resumed.recipe.losses[0].name == "cwd"
+    resumed.train()
+    assert resumed.start_epoch == 1 and resumed.epoch == 1
+    rows = _rows(resumed.save_dir)
+    assert len(rows) == 2 and float(rows[1]["train/kd_cwd"]) > 0
+    # the second epoch started from the saved connectors, not fresh ones
+    assert resumed.distill.connectors.state_dict().keys() == saved.keys()
+
+
+def test_pruned_like_checkpoint_is_not_reinflated(tmp_path, tiny_data, ckpt_factory):
+    """A *.pt student is trained as the module it is (Ultralytics would rebuild it from its YAML)."""
+    from ultralytics.nn.tasks import load_checkpoint
+
+    from yolo_distill.checkpoints import save_stock_checkpoint
+
+    m, _ = load_checkpoint(ckpt_factory("yolo11n.yaml"))
+    conv = m.model[0].conv  # shrink the first conv's output channels and its BN: a "pruned" layer
+    keep = 8
+    conv.weight = torch.nn.Parameter(conv.weight[:keep].clone())
+    conv.out_channels = keep
+    bn = m.model[0].bn
+    for name in ("weight", "bias"):
+        setattr(bn, name, torch.nn.Parameter(getattr(bn, name)[:keep].clone()))
+    bn.running_mean, bn.running_var, bn.num_features = bn.running_mean[:keep], bn.running_var[:keep], keep
+    nxt = m.model[1].conv
+    nxt.weight = torch.nn.Parameter(nxt.weight[:, :keep].clone())
+    nxt.in_channels = keep
+    src = save_stock_checkpoint(m, tmp_path / "pruned.pt")
+    tr = DistillationTrainer(overrides=dict(model=str(src), data=str(tiny_data), **train_args(tmp_path)))
+    tr.train()
+    ck = torch.load(tr.last, weights_only=False)
+    out = ck.get("ema") or ck["model"]
+    assert out.model[0].conv.weight.shape[0] == keep and out.model[1].conv.weight.shape[1] == keep
+    assert sum(p.numel() for p in out.parameters()) == sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("other_classes", "detects 3 classes"),
+        ("classifier", "needs a detection teacher"),
+        ("strides", "strides"),
+        ("missing", "not on disk"),
+        ("corrupt", "could not be loaded"),
+    ],
+)
+def test_bad_teacher_stops_before_training(tmp_path, tiny_data, ckpt_factory, case, match):
+    from ultralytics.nn.tasks import ClassificationModel
+
+    from yolo_distill.checkpoints import save_stock_checkpoint
+
+    if case == "other_classes":
+        teacher = ckpt_factory("yolo11s.yaml", names=("a", "b", "c"))
+    elif case == "classifier":
+        cls_model = ClassificationModel("yolo11n-cls.yaml", nc=8, verbose=False)
+        teacher = save_stock_checkpoint(cls_model, tmp_path / "cls.pt")
+    elif case == "strides":
+        teacher = ckpt_factory("yolov8n-p2.yaml")
+    elif case == "missing":
+        teacher = tmp_path / "nope.pt"
+    else:
+        teacher = tmp_path / "corrupt.pt"
+        teacher.write_bytes(b"not a checkpoint")
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        tr = DistillationTrainer(
+            overrides=dict(model="yolo11n.yaml", data=str(tiny_data), teacher=str(teacher), **train_args(tmp_path))
+        )
+        tr.train()
+    assert not list((tmp_path / "runs").rglob("*.pt")), "no checkpoint may be written after a bad teacher"
+
+
+@pytest.mark.parametrize(
+    "recipe,match",
+    [
+        ({"losses": [{"name": "nope"}]}, "unknown distillation loss 'nope'"),
+        ({"losses": [{"name": "cwd", "wieght": 1}]}, r"unknown key\(s\) \['wieght'\]"),
+        ({"losses": [{"name": "cwd", "weight": -1}]}, "weight must be a number >= 0"),
+        ({"losses": [{"name": "ld", "params": {"temperature": -2}}]}, "temperature must be > 0"),
+        ({"losses": [], "schedul": {}}, r"unknown key\(s\) \['schedul'\]"),
+        ({"losses": [{"name": "cwd", "params": {"taux": 1}}]}, "bad params"),
+    ],
+)
+def test_bad_recipe_stops_before_training(tmp_path, tiny_data, ckpt_factory, recipe, match):
+    teacher = ckpt_factory("yolo11s.yaml")
+    with pytest.raises((KeyError, ValueError), match=match):
+        tr = DistillationTrainer(
+            overrides=dict(
+                model="yolo11n.yaml", data=str(tiny_data), teacher=str(teacher), distill=recipe, **train_args(tmp_path)
+            )
+        )
+        tr.train()
+
+
+def test_nan_kd_term_is_reported_by_name(ckpt_factory):
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_distill.config import load_distill_recipe
+    from yolo_distill.distill.criterion import DistillContext
+    from yolo_distill.distill.teacher import load_teacher
+
+    student = DetectionModel("yolo11n.yaml", nc=8, verbose=False)
+    teacher = load_teacher(ckpt_factory("yolo11s.yaml"))
+    with torch.no_grad():
+        teacher.model[-1].cv3[0][-1].bias.fill_(float("nan"))
+    ctx = DistillContext(teacher, student, load_distill_recipe("logit"))
+    preds = student(torch.rand(1, 3, 64, 64))
+    with pytest.raises(FloatingPointError, match="bkd|binary_kd"):
+        ctx.compute(preds, torch.rand(1, 3, 64, 64))
