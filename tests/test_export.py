@@ -1,0 +1,66 @@
+"""ONNX export of tiny v8/11/26 models: parity with PyTorch in ONNX Runtime, INT8, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import onnxruntime as ort
+import pytest
+
+from tests.conftest import FAMILIES
+from yolo_distill.export.onnx import export_checkpoint
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_onnx_parity_per_family(tmp_path, tiny_data, ckpt_factory, family):
+    ckpt = shutil.copy(ckpt_factory(FAMILIES[family]), tmp_path / f"{family}.pt")
+    r = export_checkpoint(ckpt, imgsz=64, data=str(tiny_data), runs=3, validate=False)
+    assert r.parity.ok and r.parity.images == 4, r.parity
+    assert r.parity.max_abs_score <= 1e-4 and r.parity.max_abs_box <= 1e-3
+    out = json.loads((tmp_path / f"{family}_export.json").read_text())
+    assert out["latency_ms"]["onnx_fp32"]["median"] > 0 and out["latency_ms"]["torch_fp32"]["median"] > 0
+    names = {i.name for i in ort.InferenceSession(r.onnx).get_inputs()}
+    assert names == {"images"}, "training-only inputs leaked into the graph"
+
+
+def test_int8_runs_and_is_validated(tmp_path, tiny_data, ckpt_factory):
+    ckpt = shutil.copy(ckpt_factory("yolo11n.yaml"), tmp_path / "m.pt")
+    r = export_checkpoint(ckpt, imgsz=64, data=str(tiny_data), int8=True, runs=3, calib_images=8)
+    assert (tmp_path / "m_int8.onnx").is_file()
+    assert r.latency_ms["onnx_int8"]["median"] > 0
+    assert "onnx_int8" in r.map50_95 and "onnx_fp32" in r.map50_95
+    sess = ort.InferenceSession(r.int8_onnx)
+    ops = {n.op_type for n in __import__("onnx").load(r.int8_onnx).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    assert sess.get_outputs()[0].shape[1] == 4 + 8
+
+
+def test_existing_outputs_are_not_overwritten(tmp_path, tiny_data, ckpt_factory):
+    ckpt = shutil.copy(ckpt_factory("yolo11n.yaml"), tmp_path / "m.pt")
+    (tmp_path / "m.onnx").write_bytes(b"user's file")
+    with pytest.raises(FileExistsError, match="already exist"):
+        export_checkpoint(ckpt, imgsz=64, data=str(tiny_data))
+    assert (tmp_path / "m.onnx").read_bytes() == b"user's file"
+
+
+def test_bad_inputs(tmp_path, tiny_data, ckpt_factory, caplog):
+    from ultralytics.nn.tasks import ClassificationModel
+
+    from yolo_distill.checkpoints import save_stock_checkpoint
+
+    ckpt = shutil.copy(ckpt_factory("yolo11n.yaml"), tmp_path / "m.pt")
+    with pytest.raises(ValueError, match="format 'tflite' is not supported"):
+        export_checkpoint(ckpt, format="tflite")
+    cls = save_stock_checkpoint(ClassificationModel("yolo11n-cls.yaml", nc=3, verbose=False), tmp_path / "c.pt")
+    with pytest.raises(ValueError, match="detection models only"):
+        export_checkpoint(cls)
+    with pytest.raises(FileNotFoundError, match="not on disk"):
+        export_checkpoint(tmp_path / "missing.pt")
+    empty = tmp_path / "empty"
+    (empty / "images" / "val").mkdir(parents=True)
+    (empty / "data.yaml").write_text(f"path: {empty}\ntrain: images/val\nval: images/val\nnames: {{0: a}}\n")
+    with pytest.raises(FileNotFoundError, match="no calibration images"):
+        export_checkpoint(ckpt, imgsz=64, int8=True, data=str(empty / "data.yaml"))
+    r = export_checkpoint(ckpt, imgsz=70, data=str(tiny_data), runs=2, validate=False)
+    assert r.imgsz == 96 and "not a multiple of the max stride" in caplog.text

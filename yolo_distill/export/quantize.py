@@ -1,0 +1,80 @@
+"""Post-training static INT8 quantization with ONNX Runtime (QDQ, per-channel weights)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class _Reader:
+    """Feeds calibration images one at a time (ONNX Runtime's CalibrationDataReader protocol)."""
+
+    def __init__(self, name: str, images: np.ndarray) -> None:
+        self.name, self.images, self.i = name, images, 0
+
+    def get_next(self):
+        if self.i >= len(self.images):
+            return None
+        x = self.images[self.i : self.i + 1]
+        self.i += 1
+        return {self.name: x}
+
+    def rewind(self) -> None:
+        self.i = 0
+
+
+def head_nodes(model_path: str | Path) -> list[str]:
+    """Names of the nodes of the Detect head (the last ``/model.N/`` module): kept in fp32."""
+    import onnx
+
+    m = onnx.load(str(model_path))
+    idx = [int(n.name.split("/model.")[1].split("/")[0]) for n in m.graph.node if n.name.startswith("/model.")]
+    last = max(idx) if idx else -1
+    return [n.name for n in m.graph.node if n.name.startswith(f"/model.{last}/")]
+
+
+def quantize_int8(
+    src: str | Path, dst: str | Path, calib: np.ndarray, keep_head_fp32: bool = True, overwrite: bool = False
+) -> Path:
+    """Quantize ``src`` to ``dst`` calibrated on ``calib`` (N, 3, H, W) float32 images.
+
+    Args:
+        src: FP32 ONNX model.
+        dst: output path; never overwritten unless ``overwrite``.
+        calib: calibration images, preprocessed as the model expects.
+        keep_head_fp32: exclude the Detect head's nodes (box decoding and class scores lose most accuracy there).
+        overwrite: replace an existing ``dst``.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst} already exists; pass overwrite=True or move it away")
+    if len(calib) == 0:
+        raise ValueError("no calibration images: INT8 needs a few dozen images from the dataset")
+    pre = dst.with_name(dst.stem + "_pre.onnx")
+    try:
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        name = onnx.load(str(pre)).graph.input[0].name
+        quantize_static(
+            str(pre),
+            str(dst),
+            _Reader(name, calib),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=head_nodes(pre) if keep_head_fp32 else [],
+        )
+    finally:
+        pre.unlink(missing_ok=True)
+    # keep Ultralytics' metadata (names, stride, imgsz) so YOLO("x_int8.onnx") can run and validate it
+    fp32, q = onnx.load(str(src)), onnx.load(str(dst))
+    del q.metadata_props[:]
+    q.metadata_props.extend(fp32.metadata_props)
+    onnx.save(q, str(dst))
+    return dst
