@@ -1,0 +1,127 @@
+"""Channel pruning of tiny v8/11/26 models: shapes, stock classes, targets, reload, fine-tune, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from tests.conftest import FAMILIES, train_args
+from tests.test_distill_trainer import _clean_load
+from yolo_distill.checkpoints import load_model
+from yolo_distill.prune.pruner import PruneConfig, conv_channels, prune_checkpoint, prune_model
+
+
+def _head_out_convs(model) -> dict[str, int]:
+    det = model.model[-1]
+    return {f"{n}{i}": s[-1].out_channels if hasattr(s[-1], "out_channels") else s[-1].conv.out_channels
+            for n in ("cv2", "cv3") for i, s in enumerate(getattr(det, n))}  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["l1", "l2", "bn", "taylor"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_prune_each_family_and_criterion(tiny_data, ckpt_factory, family, method):
+    model = load_model(ckpt_factory(FAMILIES[family]))
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        y0 = model.eval()(x)[0]
+    pruned, rep = prune_model(model, PruneConfig(ratio=0.5, method=method, imgsz=64), data=str(tiny_data), batches=1)
+    with torch.no_grad():
+        y1 = pruned(x)[0]
+    assert y1.shape == y0.shape, "Detect's output shape must not change"
+    assert _head_out_convs(pruned) == _head_out_convs(model)
+    assert rep["params_ratio"] < 0.6 and rep["gflops_ratio"] < 0.6, rep["params_ratio"]
+    assert {type(m).__module__.split(".")[0] for m in pruned.modules()} <= {"ultralytics", "torch"}
+    assert conv_channels(model) != conv_channels(pruned)
+    assert all(c % 8 == 0 or c == before for c, before in
+               zip(conv_channels(pruned).values(), conv_channels(model).values()))  # fmt: skip
+
+
+def test_gflops_target_and_scope(ckpt_factory):
+    model = load_model(ckpt_factory("yolo11n.yaml"))
+    _, full = prune_model(model, PruneConfig(ratio=0.3, imgsz=64))
+    target = full["before"]["gflops"] * 0.6
+    _, rep = prune_model(model, PruneConfig(ratio=None, gflops=target, imgsz=64))
+    assert rep["after"]["gflops"] <= target < rep["before"]["gflops"]
+    _, bb = prune_model(model, PruneConfig(ratio=0.5, scope="backbone", imgsz=64))
+    neck = [k for k in bb["layers"] if int(k.split(".")[1]) >= 11 and ".23." not in k]
+    assert bb["layers"] and all(int(k.split(".")[1]) < 11 for k in bb["layers"] if k not in neck)
+    for k in neck:  # neck convs may lose input channels only: their outputs keep their width
+        assert bb["layers"][k][0] == bb["layers"][k][1]
+
+
+def test_saved_checkpoint_is_stock_reloads_finetunes_and_exports(tmp_path, tiny_data, ckpt_factory):
+    from yolo_distill.distill.trainer import DistillationTrainer
+    from yolo_distill.export.onnx import export_checkpoint
+
+    src = shutil.copy(ckpt_factory("yolo11n.yaml"), tmp_path / "src.pt")
+    src_bytes = (tmp_path / "src.pt").read_bytes()
+    rep = prune_checkpoint(src, ratio=0.5, out=str(tmp_path / "pruned.pt"), imgsz=64, data=str(tiny_data), val=True)
+    assert (tmp_path / "src.pt").read_bytes() == src_bytes, "the source checkpoint must never change"
+    saved = json.loads((tmp_path / "prune_report.json").read_text())
+    assert saved["after"]["params"] == rep["after"]["params"] and "map50_95" in saved
+    res = _clean_load(tmp_path / "pruned.pt", tiny_data)
+    assert res["yd"] is False and set(res["mods"]) <= {"ultralytics", "torch"}
+    pruned = load_model(tmp_path / "pruned.pt")
+    # fine-tune one epoch through our trainer, with KD from the unpruned model: shapes kept, weights trained
+    tr = DistillationTrainer(overrides=dict(model=str(tmp_path / "pruned.pt"), data=str(tiny_data), teacher=str(src),
+                                            recipe="default", **train_args(tmp_path)))  # fmt: skip
+    tr.train()
+    ck = torch.load(tr.last, weights_only=False)
+    tuned = (ck.get("ema") or ck["model"]).float()
+    assert conv_channels(tuned) == conv_channels(pruned), "fine-tuning re-inflated the pruned model"
+    sd0, sd1 = pruned.state_dict(), tuned.state_dict()
+    assert sd0.keys() == sd1.keys() and all(sd0[k].shape == sd1[k].shape for k in sd0)
+    assert any(not torch.equal(sd0[k], sd1[k]) for k in sd0 if sd0[k].is_floating_point()), "weights never trained"
+    r = export_checkpoint(tr.best, imgsz=64, data=str(tiny_data), runs=2, validate=False)
+    assert r.parity.ok
+
+
+def test_pruning_a_pruned_model_is_reported(tmp_path, ckpt_factory):
+    src = shutil.copy(ckpt_factory("yolov8n.yaml"), tmp_path / "a.pt")
+    prune_checkpoint(src, ratio=0.3, out=str(tmp_path / "b.pt"), imgsz=64)
+    rep = prune_checkpoint(tmp_path / "b.pt", ratio=0.3, out=str(tmp_path / "c.pt"), imgsz=64)
+    assert rep["already_pruned"] is True and rep["after"]["params"] < rep["before"]["params"]
+
+
+@pytest.mark.parametrize(
+    "kw,exc,match",
+    [
+        ({"ratio": 1.2}, ValueError, r"ratio must be in \(0, 1\)"),
+        ({"ratio": 0}, ValueError, r"ratio must be in \(0, 1\)"),
+        ({"gflops": 1000.0}, ValueError, "is not below the model's"),
+        ({"gflops": 0.001, "scope": "backbone"}, ValueError, "unreachable"),
+        ({"method": "random"}, ValueError, "method 'random' is not one of"),
+        ({"protect": ["model.99.conv"]}, ValueError, "no layer named 'model.99.conv'"),
+        ({"protect": [99]}, ValueError, "layer index 99 does not exist"),
+        ({"method": "taylor"}, ValueError, "needs data="),
+    ],
+)
+def test_bad_input_writes_nothing(tmp_path, ckpt_factory, kw, exc, match):
+    src = shutil.copy(ckpt_factory("yolo11n.yaml"), tmp_path / "m.pt")
+    with pytest.raises(exc, match=match):
+        prune_checkpoint(src, out=str(tmp_path / "out.pt"), imgsz=64, **kw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+def test_bad_files(tmp_path, ckpt_factory):
+    from ultralytics.nn.tasks import ClassificationModel
+
+    from yolo_distill.checkpoints import save_stock_checkpoint
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="could not be loaded"):
+        prune_checkpoint(bad, out=str(tmp_path / "o.pt"))
+    cls = save_stock_checkpoint(ClassificationModel("yolo11n-cls.yaml", nc=3, verbose=False), tmp_path / "c.pt")
+    with pytest.raises(ValueError, match="only detection models"):
+        prune_checkpoint(cls, out=str(tmp_path / "o.pt"))
+    src = shutil.copy(ckpt_factory("yolo11n.yaml"), tmp_path / "m.pt")
+    with pytest.raises(ValueError, match="never overwritten"):
+        prune_checkpoint(src, out=str(src))
+    (tmp_path / "taken.pt").write_bytes(b"user file")
+    with pytest.raises(FileExistsError):
+        prune_checkpoint(src, out=str(tmp_path / "taken.pt"))
+    assert (tmp_path / "taken.pt").read_bytes() == b"user file"
