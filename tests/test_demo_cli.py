@@ -1,0 +1,135 @@
+"""The CLI and a miniature demo of every stage; the dataset generator and its checks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from yolo_distill.cli import COMMANDS, main, parse_kv
+from yolo_distill.data.checks import DatasetError, check_detection_dataset
+from yolo_distill.data.shapes import ShapesSpec, generate_shapes, render_image
+
+
+def test_mini_demo_runs_every_stage(tmp_path, tiny_data, capsys):
+    from yolo_distill.demo import run_demo
+
+    rows = run_demo(data=str(tiny_data), epochs=1, teacher_epochs=1, imgsz=64, batch=4, project=str(tmp_path / "d"))
+    out = capsys.readouterr().out
+    assert [r["model"] for r in rows][:2] == ["teacher", "student (plain)"] and len(rows) == 5
+    assert "summary" in out and "student (KD: default) " in out
+    assert rows[3]["params"] < rows[0]["params"], "the pruned teacher must be smaller than the teacher"
+    assert rows[4]["onnx_ms"] > 0
+
+
+@pytest.mark.parametrize("cmd", list(COMMANDS))
+def test_every_command_has_help(cmd, capsys):
+    assert main([cmd, "--help"]) == 0
+    assert f"yolo-distill {cmd}" in capsys.readouterr().out
+
+
+def test_unknown_key_lists_valid_keys(capsys):
+    with pytest.raises(SystemExit, match=r"(?s)unknown key\(s\) \['epochz'\].*valid keys.*epochs"):
+        main(["train", "model=yolo11n.yaml", "data=x.yaml", "epochz=3"])
+    assert main(["nope"]) == 2
+
+
+def test_missing_weights_name_a_local_path(capsys):
+    rc = main(["train", "model=yolo11s.pt", "data=shapes-tiny"])
+    assert rc == 1 and "never downloads weights" in capsys.readouterr().err
+
+
+def test_parse_kv_reads_yaml_scalars():
+    assert parse_kv(["epochs=3", "amp=False", "lr0=0.01", "name=run"]) == {
+        "epochs": 3, "amp": False, "lr0": 0.01, "name": "run"
+    }  # fmt: skip
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "yolo_distill.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "commands:" in out.stdout
+
+
+def test_generator_is_deterministic_and_varied(tmp_path):
+    spec = ShapesSpec(n_train=3, n_val=2, imgsz=96)
+    a, b = generate_shapes(tmp_path / "a", spec), generate_shapes(tmp_path / "b", spec)
+    for split, i in (("train", 0), ("train", 2), ("val", 1)):
+        fa = (a.parent / "images" / split / f"{split}_{i:05d}.jpg").read_bytes()
+        assert fa == (b.parent / "images" / split / f"{split}_{i:05d}.jpg").read_bytes()
+    rng = np.random.default_rng(0)
+    sizes = [w for _ in range(30) for _, _, _, w, _ in render_image(ShapesSpec(), rng)[1]]
+    assert min(sizes) < 0.06 and max(sizes) > 0.2, "objects must range from small to large"
+    assert generate_shapes(tmp_path / "a", spec) == a, "same spec: reused"
+    with pytest.raises(FileExistsError, match="another spec"):
+        generate_shapes(tmp_path / "a", ShapesSpec(n_train=4, n_val=2, imgsz=96))
+    check_detection_dataset(a)
+
+
+def test_dataset_checks_name_the_problem(tmp_path, tiny_data):
+    with pytest.raises(DatasetError, match="does not exist"):
+        check_detection_dataset(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed")
+    with pytest.raises(DatasetError, match="malformed"):
+        check_detection_dataset(bad)
+    import shutil
+
+    root = tmp_path / "ds"
+    shutil.copytree(tiny_data.parent, root)
+    y = root / "data.yaml"
+    y.write_text(y.read_text().replace(str(tiny_data.parent), str(root)))
+    lf = sorted((root / "labels" / "train").glob("*.txt"))[0]
+    lf.write_text("1 0.5 0.5 0.2\n3 1.5 0.5 0.2 0.2\n")
+    with pytest.raises(DatasetError) as e:
+        check_detection_dataset(y)
+    assert "expected 5 fields" in str(e.value) and "outside [0, 1]" in str(e.value)
+    shutil.rmtree(root / "labels" / "val")
+    with pytest.raises(DatasetError, match="none of the 4 images"):
+        check_detection_dataset(y)
+
+
+def test_converters_round_trip(tmp_path):
+    import json
+
+    import cv2
+
+    from yolo_distill.data.convert import coco_to_yolo, voc_to_yolo
+
+    img_dir = tmp_path / "imgs"
+    img_dir.mkdir()
+    cv2.imwrite(str(img_dir / "a.jpg"), np.zeros((100, 200, 3), np.uint8))
+    coco = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 200, "height": 100}],
+        "annotations": [{"image_id": 1, "category_id": 7, "bbox": [20, 10, 40, 50], "iscrowd": 0}],
+        "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}],
+    }
+    (tmp_path / "c.json").write_text(json.dumps(coco))
+    y = coco_to_yolo({"train": (tmp_path / "c.json", img_dir), "val": (tmp_path / "c.json", img_dir)}, tmp_path / "o")
+    assert (tmp_path / "o/labels/train/a.txt").read_text().split() == [
+        "1",
+        "0.200000",
+        "0.350000",
+        "0.200000",
+        "0.500000",
+    ]
+    assert check_detection_dataset(y)["nc"] == 2
+    xml_dir = tmp_path / "xml"
+    xml_dir.mkdir()
+    (xml_dir / "a.xml").write_text(
+        "<annotation><filename>a.jpg</filename><size><width>200</width><height>100</height></size>"
+        "<object><name>dog</name><bndbox><xmin>21</xmin><ymin>11</ymin><xmax>60</xmax><ymax>60</ymax></bndbox>"
+        "</object></annotation>"
+    )
+    y2 = voc_to_yolo({"train": (xml_dir, img_dir)}, tmp_path / "v", names=["cat", "dog"])
+    assert (tmp_path / "v/labels/train/a.txt").read_text().split() == [
+        "1",
+        "0.200000",
+        "0.350000",
+        "0.200000",
+        "0.500000",
+    ]
+    assert check_detection_dataset(y2)["nc"] == 2
+    with pytest.raises(FileExistsError):
+        coco_to_yolo({"train": (tmp_path / "c.json", img_dir)}, tmp_path / "o")
