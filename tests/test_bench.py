@@ -1,0 +1,54 @@
+"""A miniature bench: report structure, and a killed bench skipping finished rows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from yolo_distill.bench import runner
+
+
+class Killed(Exception):
+    """Stands for the bench process being killed mid-row."""
+
+
+def test_mini_bench_report_and_resume(tmp_path, monkeypatch, tiny_data):
+    monkeypatch.chdir(tmp_path)
+    calls, killed = [], []
+    real = runner._run_row
+
+    def counting(row, s, done, out):
+        calls.append(row["name"])
+        if row["name"] == "pruned_noft" and not killed:
+            killed.append(True)
+            raise Killed  # the bench is killed during its last row
+        return real(row, s, done, out)
+
+    monkeypatch.setattr(runner, "_run_row", counting)
+    with pytest.raises(Killed):
+        runner.run_bench("mini", out=str(tmp_path / "b"))
+    saved = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert sorted(r["name"] for r in saved.values()) == ["student_kd", "teacher"]
+    calls.clear()
+    res = runner.run_bench("mini", out=str(tmp_path / "b"))
+    assert calls == ["pruned_noft"], f"finished rows must be skipped, ran {calls}"
+    report = (tmp_path / "b" / "report.md").read_text()
+    for col in ("params", "GFLOPs", "mAP50-95", "ONNX ms", "INT8 ms"):
+        assert col in report
+    for name in ("teacher", "student_kd", "pruned_noft"):
+        assert f"| {name} |" in report
+    assert all((tmp_path / "b" / f).stat().st_size > 0 for f in ("map_vs_gflops.png", "map_vs_latency.png"))
+    rows = {r["name"]: r for r in res["rows"]}
+    assert rows["pruned_noft"]["params"] < rows["teacher"]["params"]
+    assert rows["student_kd"]["int8_ms"] > 0
+
+
+def test_bench_recipe_errors(tmp_path):
+    bad = tmp_path / "b.yaml"
+    bad.write_text("data: shapes\nrowz: []\n")
+    with pytest.raises(KeyError, match="rowz"):
+        runner.run_bench(str(bad))
+    bad.write_text("rows:\n  - {name: a, kind: train, teacher: '@b'}\n")
+    with pytest.raises(ValueError, match="before it is defined"):
+        runner.run_bench(str(bad))

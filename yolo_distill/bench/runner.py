@@ -1,0 +1,200 @@
+"""Benchmark runner: rows of train / prune / export runs with one seed and budget, cached and resumable.
+
+A row is recomputed only when its spec, the bench settings or the yolo_distill version change; ``results.json``
+is written after every row, so a killed bench continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from yolo_distill.config import find_recipe, load_yaml
+
+ROW_KINDS = ("train", "prune", "export")
+SETTINGS = ("data", "imgsz", "epochs", "batch", "seed", "export_imgsz", "device")
+
+
+def _key(row: dict, settings: dict) -> str:
+    from yolo_distill import __version__
+
+    blob = json.dumps({"row": row, "settings": settings, "version": __version__}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _validate(recipe: dict, where: str) -> tuple[dict, list[dict]]:
+    unknown = sorted(set(recipe) - set(SETTINGS) - {"rows", "description", "repeats"})
+    if unknown:
+        raise KeyError(f"{where}: unknown key(s) {unknown}; valid: {sorted(SETTINGS + ('rows', 'repeats'))}")
+    rows = recipe.get("rows") or []
+    names = set()
+    for i, r in enumerate(rows):
+        if r.get("kind") not in ROW_KINDS or "name" not in r:
+            raise ValueError(f"{where}: rows[{i}] needs a name and kind in {ROW_KINDS}")
+        for ref in ("teacher", "from"):
+            if isinstance(r.get(ref), str) and r[ref].startswith("@") and r[ref][1:] not in names:
+                raise ValueError(f"{where}: rows[{i}] refers to {r[ref]} before it is defined")
+        names.add(r["name"])
+    settings = {k: recipe.get(k) for k in SETTINGS if k in recipe}
+    return settings, rows
+
+
+def _resolve(v: Any, done: dict[str, dict]) -> Any:
+    return done[v[1:]]["checkpoint"] if isinstance(v, str) and v.startswith("@") else v
+
+
+def _run_row(row: dict, s: dict, done: dict[str, dict], out: Path) -> dict:
+    from yolo_distill.api import distill
+    from yolo_distill.checkpoints import load_model
+    from yolo_distill.export.onnx import export_checkpoint
+    from yolo_distill.prune.pruner import model_stats, prune_checkpoint
+
+    common = dict(imgsz=s.get("imgsz", 256), batch=s.get("batch", 16), seed=s.get("seed", 0), workers=0, amp=False,
+                  plots=False, project=str(out / "runs"), device=s.get("device", "cpu"))  # fmt: skip
+    t0 = time.time()
+    res: dict[str, Any] = {"name": row["name"], "kind": row["kind"]}
+    if row["kind"] in ("train", "prune"):
+        model = _resolve(row.get("model") or row.get("from"), done)
+        if row["kind"] == "prune":
+            dst = out / "pruned" / f"{row['name']}.pt"
+            if dst.exists():
+                dst.unlink()  # a stale output of a killed row: not a user's file
+            dst.with_name(f"{dst.stem}_report.json").unlink(missing_ok=True)
+            prune_checkpoint(model, ratio=row.get("ratio", 0.5), gflops=row.get("gflops"),
+                             method=row.get("method", "l1"), scope=row.get("scope", "all"), out=str(dst),
+                             imgsz=common["imgsz"], data=s["data"])  # fmt: skip
+            model = str(dst)
+        epochs = row.get("epochs", s.get("epochs", 10))
+        if epochs:
+            extra = {k: row[k] for k in ("distill_model",) if k in row}
+            if "distill_model" in extra:
+                extra["distill_model"] = _resolve(extra["distill_model"], done)
+            teacher = _resolve(row.get("teacher"), done)
+            tr = distill(model, s["data"], teacher=teacher, recipe=row.get("recipe", "default"), epochs=epochs,
+                         name=row["name"], **common, **extra)  # fmt: skip
+            res["checkpoint"] = str(tr.best)
+            res["map50_95"] = float(tr.metrics.get("metrics/mAP50-95(B)", float("nan")))
+            res["map50"] = float(tr.metrics.get("metrics/mAP50(B)", float("nan")))
+            import csv
+
+            with open(Path(tr.save_dir) / "results.csv") as f:
+                res["curve"] = [float(r["metrics/mAP50-95(B)"]) for r in csv.DictReader(f)]
+        else:
+            from ultralytics import YOLO
+
+            m = YOLO(model).val(data=s["data"], imgsz=common["imgsz"], batch=common["batch"], plots=False)
+            res.update(checkpoint=model, map50_95=float(m.box.map), map50=float(m.box.map50))
+        st = model_stats(load_model(res["checkpoint"]), common["imgsz"])
+        res.update(params=st["params"], gflops=st["gflops"])
+        for f in Path(res["checkpoint"]).parent.glob(f"{Path(res['checkpoint']).stem}*.onnx"):
+            f.unlink()  # our own previous export of this row's checkpoint
+        Path(res["checkpoint"]).with_name(f"{Path(res['checkpoint']).stem}_export.json").unlink(missing_ok=True)
+        rep = export_checkpoint(res["checkpoint"], imgsz=s.get("export_imgsz", common["imgsz"]), data=s["data"],
+                                runs=20, validate=False, int8=bool(row.get("int8")))  # fmt: skip
+        res["onnx_ms"] = rep.latency_ms["onnx_fp32"]["median"]
+        res["int8_ms"] = rep.latency_ms.get("onnx_int8", {}).get("median")
+    res["seconds"] = time.time() - t0
+    return res
+
+
+def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, seed: int | None = None,
+              device: str | None = None) -> dict:  # fmt: skip
+    """Run (or continue) a benchmark recipe and write ``report.md``, ``results.json`` and plots.
+
+    Args:
+        recipe: a name under ``configs/bench`` or a YAML path.
+        out: output folder (default ``bench/<name>``).
+        repeats: override the recipe's repeats (seeds ``seed .. seed+repeats-1``).
+        seed: override the recipe's seed.
+        device: override the device.
+    """
+    from yolo_distill.data.builtin import resolve_data
+
+    path = find_recipe(recipe, "bench")
+    raw = load_yaml(path)
+    settings, rows = _validate(raw, str(path))
+    if seed is not None:
+        settings["seed"] = seed
+    if device is not None:
+        settings["device"] = device
+    reps = int(repeats or raw.get("repeats", 1))
+    settings["data"] = resolve_data(settings.get("data", "shapes"))
+    out_dir = Path(out or Path("bench") / path.stem)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    res_file = out_dir / "results.json"
+    cache: dict[str, dict] = json.loads(res_file.read_text()) if res_file.exists() else {}
+    base_seed = settings.get("seed", 0)
+    table: list[dict] = []
+    for rep in range(reps):
+        s = {**settings, "seed": base_seed + rep}
+        done: dict[str, dict] = {}
+        for row in rows:
+            key = _key(row, s)
+            if key in cache and Path(cache[key].get("checkpoint", "")).exists():
+                print(f"bench: {row['name']} (seed {s['seed']}) cached")
+            else:
+                print(f"bench: running {row['name']} (seed {s['seed']})", flush=True)
+                cache[key] = _run_row(row, s, done, out_dir)
+                res_file.write_text(json.dumps(cache, indent=2))
+            done[row["name"]] = cache[key]
+            table.append({**cache[key], "seed": s["seed"]})
+    write_report(table, out_dir, path.name)
+    return {"rows": table, "out": str(out_dir)}
+
+
+def write_report(table: list[dict], out_dir: Path, recipe_name: str) -> Path:
+    """``report.md`` (mean and spread over seeds) and ``map_vs_gflops.png`` / ``map_vs_latency.png``."""
+    import statistics
+
+    names = list(dict.fromkeys(r["name"] for r in table))
+    lines = [
+        f"# Benchmark `{recipe_name}`",
+        "",
+        "| row | params | GFLOPs | mAP50 | mAP50-95 | ONNX ms | INT8 ms | time s | seeds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    summary = []
+    for n in names:
+        rs = [r for r in table if r["name"] == n]
+        maps = [r["map50_95"] for r in rs]
+        mean = statistics.fmean(maps)
+        spread = f" ± {statistics.stdev(maps):.4f}" if len(maps) > 1 else ""
+        r0 = rs[0]
+        int8 = f"{r0['int8_ms']:.2f}" if r0.get("int8_ms") else "-"
+        lines.append(
+            f"| {n} | {r0['params']:,} | {r0['gflops']:.2f} | {statistics.fmean(r['map50'] for r in rs):.4f} | "
+            f"{mean:.4f}{spread} | {r0['onnx_ms']:.2f} | {int8} | {statistics.fmean(r['seconds'] for r in rs):.0f} "
+            f"| {len(rs)} |"
+        )
+        summary.append((n, r0["gflops"], r0["onnx_ms"], mean, r0.get("curve", [])))
+    lines += ["", "![mAP vs GFLOPs](map_vs_gflops.png) ![mAP vs latency](map_vs_latency.png)", ""]
+    (out_dir / "report.md").write_text("\n".join(lines))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for fname, idx, xlabel in (("map_vs_gflops.png", 1, "GFLOPs"), ("map_vs_latency.png", 2, "ONNX FP32 ms")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for n, *vals in summary:
+            ax.scatter(vals[idx - 1], vals[2])
+            ax.annotate(n, (vals[idx - 1], vals[2]), fontsize=7)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("mAP50-95")
+        fig.tight_layout()
+        fig.savefig(out_dir / fname, dpi=100)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for n, *_, curve in summary:
+        if curve:
+            ax.plot(range(1, len(curve) + 1), curve, label=n)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val mAP50-95")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out_dir / "map_curves.png", dpi=100)
+    plt.close(fig)
+    return out_dir / "report.md"
