@@ -29,18 +29,19 @@ def test_mini_bench_report_and_resume(tmp_path, monkeypatch, tiny_data):
     with pytest.raises(Killed):
         runner.run_bench("mini", out=str(tmp_path / "b"))
     saved = json.loads((tmp_path / "b" / "results.json").read_text())
-    assert sorted(r["name"] for r in saved.values()) == ["student_kd", "teacher"]
+    assert sorted(r["name"] for r in saved.values()) == ["student_kd", "student_native", "teacher"]
     calls.clear()
     res = runner.run_bench("mini", out=str(tmp_path / "b"))
     assert calls == ["pruned_noft"], f"finished rows must be skipped, ran {calls}"
     report = (tmp_path / "b" / "report.md").read_text()
     for col in ("params", "GFLOPs", "mAP50-95", "ONNX ms", "INT8 ms"):
         assert col in report
-    for name in ("teacher", "student_kd", "pruned_noft"):
+    for name in ("teacher", "student_kd", "student_native", "pruned_noft"):
         assert f"| {name} |" in report
     assert all((tmp_path / "b" / f).stat().st_size > 0 for f in ("map_vs_gflops.png", "map_vs_latency.png"))
     rows = {r["name"]: r for r in res["rows"]}
     assert rows["pruned_noft"]["params"] < rows["teacher"]["params"]
+    assert rows["pruned_noft"]["gflops"] <= 0.5 * rows["teacher"]["gflops"] * 1.01
     assert rows["student_kd"]["int8_ms"] > 0
 
 

@@ -63,18 +63,36 @@ def _run_row(row: dict, s: dict, done: dict[str, dict], out: Path) -> dict:
             if dst.exists():
                 dst.unlink()  # a stale output of a killed row: not a user's file
             dst.with_name(f"{dst.stem}_report.json").unlink(missing_ok=True)
-            prune_checkpoint(model, ratio=row.get("ratio", 0.5), gflops=row.get("gflops"),
+            gflops = row.get("gflops")
+            if "gflops_ratio" in row:  # a target relative to the source model, at the bench imgsz
+                gflops = row["gflops_ratio"] * model_stats(load_model(model), common["imgsz"])["gflops"]
+            prune_checkpoint(model, ratio=row.get("ratio", 0.5), gflops=gflops, protect=row.get("protect"),
                              method=row.get("method", "l1"), scope=row.get("scope", "all"), out=str(dst),
                              imgsz=common["imgsz"], data=s["data"])  # fmt: skip
             model = str(dst)
         epochs = row.get("epochs", s.get("epochs", 10))
         if epochs:
-            extra = {k: row[k] for k in ("distill_model",) if k in row}
-            if "distill_model" in extra:
-                extra["distill_model"] = _resolve(extra["distill_model"], done)
-            teacher = _resolve(row.get("teacher"), done)
-            tr = distill(model, s["data"], teacher=teacher, recipe=row.get("recipe", "default"), epochs=epochs,
-                         name=row["name"], **common, **extra)  # fmt: skip
+            if "distill_model" in row:  # the baseline: Ultralytics' own trainer with its native distillation
+                from ultralytics.models.yolo.detect import DetectionTrainer
+
+                from yolo_distill.offline import ensure_font
+
+                ensure_font()
+                tr = DetectionTrainer(
+                    overrides=dict(
+                        model=model,
+                        data=s["data"],
+                        epochs=epochs,
+                        name=row["name"],
+                        distill_model=_resolve(row["distill_model"], done),
+                        **common,
+                    )
+                )
+                tr.train()
+            else:
+                teacher = _resolve(row.get("teacher"), done)
+                tr = distill(model, s["data"], teacher=teacher, recipe=row.get("recipe", "default"), epochs=epochs,
+                             name=row["name"], **common)  # fmt: skip
             res["checkpoint"] = str(tr.best)
             res["map50_95"] = float(tr.metrics.get("metrics/mAP50-95(B)", float("nan")))
             res["map50"] = float(tr.metrics.get("metrics/mAP50(B)", float("nan")))
