@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from torch import nn
 
 from tests.conftest import FAMILIES, train_args
 from tests.test_distill_trainer import _clean_load
@@ -125,3 +126,41 @@ def test_bad_files(tmp_path, ckpt_factory):
     with pytest.raises(FileExistsError):
         prune_checkpoint(src, out=str(tmp_path / "taken.pt"))
     assert (tmp_path / "taken.pt").read_bytes() == b"user file"
+
+
+def test_layer_ratios_prune_only_those_layers(ckpt_factory):
+    model = load_model(ckpt_factory("yolov8n.yaml"))
+    others = [i for i in range(len(model.model)) if i != 2]
+    _, rep = prune_model(model, PruneConfig(ratio=0.5, imgsz=64, protect=others, layer_ratios={2: 0.5}))
+    changed_out = {k for k, (a, b) in rep["layers"].items() if a != b}
+    assert changed_out and all(k.startswith("model.2.") for k in changed_out), changed_out
+    with pytest.raises(ValueError, match=r"layer_ratios must be in \[0, 1\)"):
+        PruneConfig(layer_ratios={2: 1.5})
+
+
+def test_sensitivity_scan_table_plot_and_allocation(tmp_path, tiny_data, ckpt_factory):
+    from yolo_distill.prune import sensitivity
+
+    model = load_model(ckpt_factory("yolo11n.yaml"))
+    res = sensitivity.scan(model, str(tiny_data), ratios=(0.25, 0.5), imgsz=64, layers=[2, 4], out_dir=tmp_path)
+    assert set(res["drops"]) == {2, 4} and all(set(d) == {0.25, 0.5} for d in res["drops"].values())
+    rows = (tmp_path / "sensitivity.csv").read_text().splitlines()
+    assert rows[0] == "layer,drop@0.25,drop@0.5" and len(rows) == 3
+    assert (tmp_path / "sensitivity.png").stat().st_size > 0
+    fake = {"drops": {2: {0.25: 0.001, 0.5: 0.05}, 4: {0.25: 0.3, 0.5: 0.4}, 6: {0.25: 0.0, 0.5: 0.0}}}
+    assert sensitivity.allocate(fake, max_drop=0.01) == {2: 0.25, 4: 0.0, 6: 0.5}
+
+
+def test_bn_sparsity_training_shrinks_bn_scales(tmp_path, tiny_data):
+    from yolo_distill.distill.trainer import DistillationTrainer
+
+    def bn_l1(sparsity: float) -> float:
+        torch.manual_seed(0)
+        tr = DistillationTrainer(overrides=dict(model="yolov8n.yaml", data=str(tiny_data), sparsity=sparsity,
+                                                **train_args(tmp_path, name=f"s{sparsity}", val=False)))  # fmt: skip
+        tr.train()
+        m = tr.model
+        return float(sum(x.weight.abs().sum() for x in m.modules() if isinstance(x, nn.BatchNorm2d)))
+
+    plain, sparse = bn_l1(0.0), bn_l1(10.0)
+    assert sparse < plain - 1e-3, f"L1 on BN scales should shrink them: {sparse} vs {plain}"

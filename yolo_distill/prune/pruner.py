@@ -24,7 +24,7 @@ METHODS = ("l1", "l2", "bn", "taylor")
 SCOPES = ("backbone", "all")
 PRUNE_KEYS = (
     "model", "ratio", "gflops", "method", "scope", "data", "out", "round_to", "max_layer_ratio", "protect",
-    "imgsz", "batches", "val",
+    "imgsz", "batches", "val", "allocation", "max_drop", "layer_ratios",
 )  # fmt: skip
 
 
@@ -41,6 +41,8 @@ class PruneConfig:
         max_layer_ratio: no layer loses more than this fraction of its channels.
         protect: layer indices (``3``) or module names (``model.3.cv1``) never pruned.
         imgsz: image size for GFLOPs.
+        layer_ratios: per-layer channel ratios by layer index (non-uniform allocation, e.g. from a sensitivity
+            scan); layers not listed use ``ratio``.
     """
 
     ratio: float | None = 0.5
@@ -51,6 +53,7 @@ class PruneConfig:
     max_layer_ratio: float = 0.9
     protect: list[int | str] = field(default_factory=list)
     imgsz: int = 640
+    layer_ratios: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.gflops is not None:
@@ -67,6 +70,10 @@ class PruneConfig:
             raise ValueError(f"max_layer_ratio must be in (0, 1), got {self.max_layer_ratio}")
         if self.round_to < 1:
             raise ValueError(f"round_to must be >= 1, got {self.round_to}")
+        self.layer_ratios = {int(k): float(v) for k, v in self.layer_ratios.items()}
+        bad = {k: v for k, v in self.layer_ratios.items() if not 0 <= v < 1}
+        if bad:
+            raise ValueError(f"layer_ratios must be in [0, 1), got {bad}")
 
 
 def model_stats(model: nn.Module, imgsz: int) -> dict[str, float]:
@@ -181,11 +188,17 @@ def _prune_once(model: nn.Module, cfg: PruneConfig, ratio: float, n_backbone: in
     for p in model.parameters():
         p.requires_grad_(True)
     x = torch.zeros(1, 3, 64, 64)
+    per_layer = {}
+    for i, r in cfg.layer_ratios.items():
+        if not 0 <= i < len(model.model) - 1:
+            raise ValueError(f"layer_ratios: layer {i} is not a prunable layer index (0..{len(model.model) - 2})")
+        per_layer[model.model[i]] = r  # absolute; a GFLOPs search moves only the unlisted layers
     pruner = tp.pruner.MetaPruner(
         model,
         x,
         importance=importance(cfg.method),
         pruning_ratio=ratio,
+        pruning_ratio_dict=per_layer or None,
         max_pruning_ratio=cfg.max_layer_ratio,
         ignored_layers=_ignored(model, splits, cfg, n_backbone),
         round_to=cfg.round_to,
@@ -289,6 +302,9 @@ def prune_checkpoint(
     imgsz: int = 640,
     batches: int = 4,
     val: bool = False,
+    allocation: str = "uniform",
+    max_drop: float = 0.02,
+    layer_ratios: dict | None = None,
 ) -> dict:
     """Prune a checkpoint and write ``out`` (a stock Ultralytics checkpoint) and ``prune_report.json`` beside it.
 
@@ -308,6 +324,11 @@ def prune_checkpoint(
         imgsz: image size for GFLOPs and validation.
         batches: batches of 4 images for ``taylor``.
         val: validate before and after (needs ``data``).
+        allocation: ``uniform`` (every layer at ``ratio``) or ``sensitivity`` (scan each layer alone, then give
+            each the largest ratio whose mAP drop stays within ``max_drop``; writes ``sensitivity.*`` beside
+            ``out``).
+        max_drop: mAP50-95 drop allowed per layer with ``allocation=sensitivity``.
+        layer_ratios: explicit per-layer ratios ``{layer index: ratio}`` (non-uniform allocation).
 
     Returns:
         The report (also printed as a table and written as JSON).
@@ -319,8 +340,13 @@ def prune_checkpoint(
         protect = [p.strip() for p in protect.split(",") if p.strip()]
     elif isinstance(protect, int):
         protect = [protect]
+    if allocation not in ("uniform", "sensitivity"):
+        raise ValueError(f"allocation must be 'uniform' or 'sensitivity', got {allocation!r}")
+    if allocation == "sensitivity" and not data:
+        raise ValueError("allocation=sensitivity needs data= (each layer is validated after pruning it alone)")
     cfg = PruneConfig(ratio=ratio, gflops=gflops, method=method, scope=scope, round_to=round_to,
-                      max_layer_ratio=max_layer_ratio, protect=list(protect or []), imgsz=imgsz)  # fmt: skip
+                      max_layer_ratio=max_layer_ratio, protect=list(protect or []), imgsz=imgsz,
+                      layer_ratios=dict(layer_ratios or {}))  # fmt: skip
     dst = Path(out) if out else src.with_name(f"{src.stem}_pruned.pt")
     report_path = (
         dst.with_name("prune_report.json") if dst.stem == "pruned" else dst.with_name(f"{dst.stem}_report.json")
@@ -331,6 +357,11 @@ def prune_checkpoint(
         if p.exists():
             raise FileExistsError(f"{p} already exists; choose another out= or move it away")
     net = load_model(src)
+    if allocation == "sensitivity":
+        from yolo_distill.prune import sensitivity
+
+        result = sensitivity.scan(net, data, method=method, imgsz=imgsz, out_dir=dst.parent / f"{dst.stem}_sensitivity")
+        cfg.layer_ratios = sensitivity.allocate(result, max_drop, cap=max_layer_ratio)
     ckpt = torch.load(src, map_location="cpu", weights_only=False)
     already = ckpt.get("prune_report") if isinstance(ckpt, dict) else None
     pruned, report = prune_model(net, cfg, data=data, batches=batches)
