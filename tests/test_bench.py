@@ -29,6 +29,9 @@ def test_mini_bench_report_and_resume(tmp_path, monkeypatch, tiny_data):
     with pytest.raises(Killed):
         runner.run_bench("mini", out=str(tmp_path / "b"))
     saved = json.loads((tmp_path / "b" / "results.json").read_text())
+    partial = runner.run_bench("mini", out=str(tmp_path / "b"), report_only=True)
+    assert [r["name"] for r in partial["rows"]] == ["teacher", "student_kd", "student_native"]
+    assert "| student_native |" in (tmp_path / "b" / "report.md").read_text()
     assert sorted(r["name"] for r in saved.values()) == ["student_kd", "student_native", "teacher"]
     calls.clear()
     res = runner.run_bench("mini", out=str(tmp_path / "b"))

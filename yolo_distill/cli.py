@@ -78,7 +78,7 @@ def _export(kv: dict[str, Any]) -> None:
 def _bench(kv: dict[str, Any]) -> None:
     from yolo_distill.bench.runner import run_bench
 
-    _check_keys("bench", kv, {"recipe", "out", "repeats", "seed", "device"})
+    _check_keys("bench", kv, {"recipe", "out", "repeats", "seed", "device", "report_only"})
     if "recipe" not in kv:
         raise SystemExit("yolo-distill bench: recipe= (a name under configs/bench or a YAML path) is required")
     run_bench(**kv)
@@ -157,7 +157,11 @@ COMMANDS: dict[str, Command] = {
         "                    [dynamic=False] [opset=None] [simplify=True] [threads=2] [runs=50] [overwrite=False]\n"
         "Writes CKPT.onnx (CKPT_int8.onnx) and CKPT_export.json with parity and latency beside the checkpoint.",
     ),
-    "bench": Command(_bench, "yolo-distill bench recipe=cpu-small|PATH.yaml [out=bench/NAME] [repeats=1] [seed=0]"),
+    "bench": Command(
+        _bench,
+        "yolo-distill bench recipe=cpu-small|PATH.yaml [out=bench/NAME] [repeats=1] [seed=0] [report_only=False]\n"
+        "Rows already finished (same spec, settings and version) are skipped; a killed bench continues.",
+    ),
     "demo": Command(_demo, "yolo-distill demo [epochs=..] [imgsz=..] [project=runs/demo] (all stages on data=shapes)"),
     "data": Command(
         _data,

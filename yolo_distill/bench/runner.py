@@ -119,7 +119,7 @@ def _run_row(row: dict, s: dict, done: dict[str, dict], out: Path) -> dict:
 
 
 def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, seed: int | None = None,
-              device: str | None = None) -> dict:  # fmt: skip
+              device: str | None = None, report_only: bool = False) -> dict:  # fmt: skip
     """Run (or continue) a benchmark recipe and write ``report.md``, ``results.json`` and plots.
 
     Args:
@@ -128,6 +128,7 @@ def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, s
         repeats: override the recipe's repeats (seeds ``seed .. seed+repeats-1``).
         seed: override the recipe's seed.
         device: override the device.
+        report_only: run nothing; write the report from the rows already finished.
     """
     from yolo_distill.data.builtin import resolve_data
 
@@ -153,12 +154,16 @@ def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, s
             key = _key(row, s)
             if key in cache and Path(cache[key].get("checkpoint", "")).exists():
                 print(f"bench: {row['name']} (seed {s['seed']}) cached")
+            elif report_only:
+                print(f"bench: {row['name']} (seed {s['seed']}) not run yet: left out of the report")
+                continue
             else:
                 print(f"bench: running {row['name']} (seed {s['seed']})", flush=True)
                 cache[key] = _run_row(row, s, done, out_dir)
                 res_file.write_text(json.dumps(cache, indent=2))
             done[row["name"]] = cache[key]
             table.append({**cache[key], "seed": s["seed"]})
+            write_report(table, out_dir, path.name)  # after every row: a killed bench still has its report
     write_report(table, out_dir, path.name)
     return {"rows": table, "out": str(out_dir)}
 
