@@ -1,0 +1,12 @@
+"""Benchmark: cost of a KD training step, ours vs Ultralytics' native distill_model= vs a plain step.
+
+python tools/kd_step_cost.py [student=yolo11n.yaml] [teacher=teacher.pt] [imgsz=256] [batch=8] [steps=8]
+"""
+
+import sys
+
+from yolo_distill.bench.step_cost import measure
+from yolo_distill.cli import parse_kv
+
+if __name__ == "__main__":
+    measure(**parse_kv(sys.argv[1:]))
