@@ -65,6 +65,7 @@ def run_demo(
 
     t0 = time.time()
     n = 6
+    project = str(Path(project).resolve())  # Ultralytics would nest a relative project under runs/detect/
     common = dict(imgsz=imgsz, batch=batch, workers=0, amp=False, plots=False, project=project, seed=0, exist_ok=False)
     _stage(1, n, f"dataset {data}", t0)
     data_yaml = resolve_data(data)

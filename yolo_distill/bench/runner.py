@@ -53,7 +53,7 @@ def _run_row(row: dict, s: dict, done: dict[str, dict], out: Path) -> dict:
     from yolo_distill.prune.pruner import model_stats, prune_checkpoint
 
     common = dict(imgsz=s.get("imgsz", 256), batch=s.get("batch", 16), seed=s.get("seed", 0), workers=0, amp=False,
-                  plots=False, project=str(out / "runs"), device=s.get("device", "cpu"))  # fmt: skip
+                  plots=False, project=str((out / "runs").resolve()), device=s.get("device", "cpu"))  # fmt: skip
     t0 = time.time()
     res: dict[str, Any] = {"name": row["name"], "kind": row["kind"]}
     if row["kind"] in ("train", "prune"):
