@@ -36,6 +36,15 @@ def test_prune_each_family_and_criterion(tiny_data, ckpt_factory, family, method
     assert rep["params_ratio"] < 0.6 and rep["gflops_ratio"] < 0.6, rep["params_ratio"]
     assert {type(m).__module__.split(".")[0] for m in pruned.modules()} <= {"ultralytics", "torch"}
     assert conv_channels(model) != conv_channels(pruned)
+    from ultralytics.nn.modules.block import Attention
+
+    for a0, a1 in zip(
+        [m for m in model.modules() if isinstance(m, Attention)],
+        [m for m in pruned.modules() if isinstance(m, Attention)],
+    ):  # attention blocks are pruned too, and stay consistent with their head layout
+        assert a1.proj.conv.out_channels < a0.proj.conv.out_channels
+        assert a1.num_heads * a1.head_dim == a1.proj.conv.in_channels == a1.pe.conv.groups
+        assert a1.qkv.conv.out_channels == a1.num_heads * (2 * a1.key_dim + a1.head_dim)
     assert all(c % 8 == 0 or c == before for c, before in
                zip(conv_channels(pruned).values(), conv_channels(model).values()))  # fmt: skip
 

@@ -83,13 +83,6 @@ class SplitCSP(nn.Module):
         return block
 
 
-def has_attention(block: nn.Module) -> bool:
-    """Whether a block contains attention (PSABlock), whose head layout DepGraph cannot trace."""
-    from ultralytics.nn.modules.block import Attention
-
-    return any(isinstance(m, Attention) for m in block.modules())
-
-
 def split_csp(model: nn.Module) -> list[SplitCSP]:
     """Swap every C2f / C3k2 / C2PSA block of ``model.model`` for a :class:`SplitCSP`, in place."""
     out = []
@@ -106,3 +99,57 @@ def merge_csp(model: nn.Module) -> None:
     for idx, block in enumerate(model.model):
         if isinstance(block, SplitCSP):
             model.model[idx] = block.to_stock()
+
+
+def _keep_rows(conv: Conv, idx: torch.Tensor) -> None:
+    """Keep output channels ``idx`` of a Conv (conv weight rows and BN)."""
+    with torch.no_grad():
+        conv.conv.weight = nn.Parameter(conv.conv.weight[idx].clone())
+        if conv.conv.bias is not None:
+            conv.conv.bias = nn.Parameter(conv.conv.bias[idx].clone())
+        conv.conv.out_channels = len(idx)
+        bn = conv.bn
+        bn.weight, bn.bias = nn.Parameter(bn.weight[idx].clone()), nn.Parameter(bn.bias[idx].clone())
+        bn.running_mean, bn.running_var = bn.running_mean[idx].clone(), bn.running_var[idx].clone()
+        bn.num_features = len(idx)
+
+
+def fit_attention(model: nn.Module) -> None:
+    """Make every Attention consistent after DepGraph pruned its residual width.
+
+    DepGraph prunes the width C shared by the block's input (``qkv`` in-channels) and output (``proj``
+    out-channels), but ``Attention.forward`` views its values as ``num_heads x head_dim == C``. This keeps, in every
+    head, the ``C' / num_heads`` value channels and a proportional number of query/key channels with the largest
+    L1 norm in ``qkv``, cuts ``pe`` (depthwise over values) and ``proj``'s in-channels to match, and updates the
+    stock module's ``head_dim`` and ``key_dim``.
+    """
+    from ultralytics.nn.modules.block import Attention
+
+    for a in model.modules():
+        if not isinstance(a, Attention):
+            continue
+        c_new = a.qkv.conv.in_channels
+        nh, kd, hd = a.num_heads, a.key_dim, a.head_dim
+        if c_new == nh * hd:
+            continue
+        if c_new % nh:
+            raise RuntimeError(f"pruned attention width {c_new} is not a multiple of its {nh} heads")
+        hd_new = c_new // nh
+        kd_new = max(1, round(kd * hd_new / hd))
+        w = a.qkv.conv.weight.detach().abs().flatten(1).sum(1).view(nh, 2 * kd + hd)
+        rows, v_idx = [], []
+        for h in range(nh):
+            base = h * (2 * kd + hd)
+            qk = (w[h, :kd] + w[h, kd : 2 * kd]).argsort(descending=True)[:kd_new].sort().values
+            v = w[h, 2 * kd :].argsort(descending=True)[:hd_new].sort().values
+            rows += [base + qk, base + kd + qk, base + 2 * kd + v]
+            v_idx.append(h * hd + v)
+        _keep_rows(a.qkv, torch.cat(rows))
+        v_idx = torch.cat(v_idx)
+        _keep_rows(a.pe, v_idx)
+        with torch.no_grad():
+            a.pe.conv.weight = nn.Parameter(a.pe.conv.weight.clone())  # depthwise: one filter per kept value
+            a.pe.conv.in_channels = a.pe.conv.groups = len(v_idx)
+            a.proj.conv.weight = nn.Parameter(a.proj.conv.weight[:, v_idx].clone())
+            a.proj.conv.in_channels = len(v_idx)
+        a.head_dim, a.key_dim = hd_new, kd_new

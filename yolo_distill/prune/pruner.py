@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from yolo_distill.prune.prepare import has_attention, merge_csp, split_csp
+from yolo_distill.prune.prepare import fit_attention, merge_csp, split_csp
 
 log = logging.getLogger("yolo_distill")
 
@@ -114,7 +114,7 @@ def _flat_outputs(out: Any) -> list[torch.Tensor]:
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
-def _ignored(model: nn.Module, splits, cfg: PruneConfig, n_backbone: int) -> list[nn.Module]:
+def _ignored(model: nn.Module, cfg: PruneConfig, n_backbone: int) -> list[nn.Module]:
     from ultralytics.nn.modules.block import Attention
 
     det = model.model[-1]
@@ -123,12 +123,9 @@ def _ignored(model: nn.Module, splits, cfg: PruneConfig, n_backbone: int) -> lis
         seq = getattr(det, name, None)
         if seq is not None:
             ignored += [s[-1] for s in seq]  # the output convs: box and class channels are fixed
-    for s in splits:
-        if has_attention(s):  # attention heads: the residual width is tied to the head layout
-            ignored += [s.cv1a, s.cv1b]
-    for a in model.modules():
+    for a in model.modules():  # DepGraph prunes the attention width; fit_attention then re-cuts the heads
         if isinstance(a, Attention):
-            ignored += [a.qkv, a.proj, a.pe]
+            ignored += [a.qkv, a.pe]
     if cfg.scope == "backbone":
         for i, layer in enumerate(model.model):
             if i >= n_backbone:
@@ -184,7 +181,7 @@ def _prune_once(model: nn.Module, cfg: PruneConfig, ratio: float, n_backbone: in
     import torch_pruning as tp
 
     model.eval()
-    splits = split_csp(model)
+    split_csp(model)
     for p in model.parameters():
         p.requires_grad_(True)
     x = torch.zeros(1, 3, 64, 64)
@@ -200,7 +197,7 @@ def _prune_once(model: nn.Module, cfg: PruneConfig, ratio: float, n_backbone: in
         pruning_ratio=ratio,
         pruning_ratio_dict=per_layer or None,
         max_pruning_ratio=cfg.max_layer_ratio,
-        ignored_layers=_ignored(model, splits, cfg, n_backbone),
+        ignored_layers=_ignored(model, cfg, n_backbone),
         round_to=cfg.round_to,
         global_pruning=False,
         output_transform=_flat_outputs,
@@ -219,6 +216,7 @@ def _prune_once(model: nn.Module, cfg: PruneConfig, ratio: float, n_backbone: in
         model.eval()
     pruner.step()
     model.zero_grad(set_to_none=True)
+    fit_attention(model)
     merge_csp(model)
     for p in model.parameters():
         p.requires_grad_(False)
