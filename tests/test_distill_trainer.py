@@ -292,3 +292,15 @@ def test_nan_kd_term_is_reported_by_name(ckpt_factory):
     preds = student(torch.rand(1, 3, 64, 64))
     with pytest.raises(FloatingPointError, match="bkd|binary_kd"):
         ctx.compute(preds, torch.rand(1, 3, 64, 64))
+
+
+def test_ultralytics_model_train_accepts_our_trainer(tmp_path, tiny_data, ckpt_factory):
+    """YOLO(...).train(trainer=DistillationTrainer, teacher=...) works as the README says."""
+    from ultralytics import YOLO
+
+    model = YOLO("yolo11n.yaml")
+    model.train(trainer=DistillationTrainer, data=str(tiny_data), teacher=str(ckpt_factory("yolo11s.yaml")),
+                recipe="cwd", **train_args(tmp_path))  # fmt: skip
+    row = _rows(model.trainer.save_dir)[0]
+    assert float(row["train/kd_cwd"]) > 0
+    assert model.trainer.distill is not None and model.trainer.args.recipe == "cwd"

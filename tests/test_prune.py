@@ -173,3 +173,22 @@ def test_bn_sparsity_training_shrinks_bn_scales(tmp_path, tiny_data):
 
     plain, sparse = bn_l1(0.0), bn_l1(10.0)
     assert sparse < plain - 1e-3, f"L1 on BN scales should shrink them: {sparse} vs {plain}"
+
+
+def test_iterative_recipe_reaches_target_and_keeps_source(tmp_path, tiny_data, ckpt_factory):
+    from yolo_distill.prune.iterative import iterative_prune, load_iterative_recipe
+
+    src = shutil.copy(ckpt_factory("yolo11n.yaml"), tmp_path / "src.pt")
+    rep = iterative_prune(str(src), str(tiny_data), "iterative", out=str(tmp_path / "final.pt"), steps=2,
+                          finetune_epochs=1, imgsz=64, batch=4)  # fmt: skip
+    g = [s["gflops"] for s in rep["steps"]]
+    assert len(g) == 2 and g[0] > g[1] and g[1] <= 0.5 * rep["base_gflops"] * 1.001
+    final = load_model(tmp_path / "final.pt")
+    assert sum(p.numel() for p in final.parameters()) == rep["steps"][-1]["params"]
+    assert (tmp_path / "final_report.json").exists()
+    with pytest.raises(FileExistsError):
+        iterative_prune(str(src), str(tiny_data), "iterative", out=str(tmp_path / "final.pt"))
+    with pytest.raises(KeyError, match="unknown key"):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("stepz: 3\n")
+        load_iterative_recipe(bad)

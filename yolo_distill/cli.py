@@ -64,6 +64,14 @@ def _train(kv: dict[str, Any]) -> None:
 def _prune(kv: dict[str, Any]) -> None:
     from yolo_distill.prune.pruner import PRUNE_KEYS, prune_checkpoint
 
+    if "recipe" in kv:  # iterative pruning with fine-tuning between steps
+        from dataclasses import fields
+
+        from yolo_distill.prune.iterative import IterativeRecipe, iterative_prune
+
+        _check_keys("prune", kv, {"recipe", "model", "data", "out"} | {f.name for f in fields(IterativeRecipe)})
+        iterative_prune(**kv)
+        return
     _check_keys("prune", kv, set(PRUNE_KEYS))
     prune_checkpoint(**kv)
 
@@ -149,7 +157,9 @@ COMMANDS: dict[str, Command] = {
         "yolo-distill prune model=CKPT.pt (ratio=0.5 | gflops=G) [method=l1|l2|bn|taylor] [scope=backbone|all]\n"
         "                   [data=DATA.yaml] [out=PRUNED.pt] [round_to=8] [max_layer_ratio=0.9] [protect=3,model.4]\n"
         "                   [allocation=uniform|sensitivity max_drop=0.02] [val=True] [imgsz=640]\n"
-        "Writes PRUNED.pt (a stock Ultralytics checkpoint) and prune_report.json beside it.",
+        "Writes PRUNED.pt (a stock Ultralytics checkpoint) and prune_report.json beside it.\n"
+        "yolo-distill prune model=CKPT.pt data=DATA.yaml recipe=iterative|oneshot|PATH.yaml [out=..] [steps=..]\n"
+        "                   iterative pruning (configs/prune/): prune, fine-tune with KD from CKPT, repeat.",
     ),
     "export": Command(
         _export,
