@@ -291,7 +291,7 @@ def test_nan_kd_term_is_reported_by_name(ckpt_factory):
     ctx = DistillContext(teacher, student, load_distill_recipe("logit"))
     preds = student(torch.rand(1, 3, 64, 64))
     with pytest.raises(FloatingPointError, match="bkd|binary_kd"):
-        ctx.compute(preds, torch.rand(1, 3, 64, 64))
+        ctx.compute(preds, {"img": torch.rand(1, 3, 64, 64)})
 
 
 def test_ultralytics_model_train_accepts_our_trainer(tmp_path, tiny_data, ckpt_factory):
@@ -304,3 +304,25 @@ def test_ultralytics_model_train_accepts_our_trainer(tmp_path, tiny_data, ckpt_f
     row = _rows(model.trainer.save_dir)[0]
     assert float(row["train/kd_cwd"]) > 0
     assert model.trainer.distill is not None and model.trainer.args.recipe == "cwd"
+
+
+def test_online_mutual_learning_trains_both(tmp_path, tiny_data, ckpt_factory):
+    from ultralytics.nn.tasks import load_checkpoint
+
+    teacher = ckpt_factory("yolov8s.yaml")
+    before = {k: v.clone() for k, v in load_checkpoint(teacher)[0].state_dict().items()}
+    tr = DistillationTrainer(overrides=dict(model="yolo11n.yaml", data=str(tiny_data), teacher=str(teacher),
+                                            recipe="online", **train_args(tmp_path)))  # fmt: skip
+    tr.train()
+    row = _rows(tr.save_dir)[0]
+    assert float(row["train/t_det"]) > 0 and "val/t_det" in row and "train/t_kd" in row
+    after = tr.distill.teacher.state_dict()
+    changed = [k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k].cpu())]
+    assert changed, "the online teacher did not train"
+    t_ckpt = tr.wdir / "teacher_last.pt"
+    assert t_ckpt.exists() and (tr.wdir / "distill_state.pt").exists()
+    t_saved = load_checkpoint(t_ckpt)[0]
+    assert sum(p.numel() for p in t_saved.parameters()) == sum(p.numel() for p in tr.distill.teacher.parameters())
+    ck = torch.load(tr.last, weights_only=False)
+    student = ck.get("ema") or ck["model"]
+    assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in t_saved.parameters())

@@ -105,17 +105,22 @@ class DistillRecipe:
         schedule: the KD weight schedule.
         branch: for end-to-end heads (YOLO26), which head branch to distil: ``one2many`` (reaches the backbone)
             or ``both``.
+        mode: ``offline`` (frozen teacher) or ``online`` (deep mutual learning: the teacher trains alongside the
+            student, with its own detection loss plus the output-level terms distilled back from the student).
         description: free text shown in logs.
     """
 
     losses: list[KDTerm] = field(default_factory=list)
     schedule: Schedule = field(default_factory=Schedule)
     branch: str = "one2many"
+    mode: str = "offline"
     description: str = ""
 
     def __post_init__(self) -> None:
         if self.branch not in ("one2many", "both"):
             raise ValueError(f"branch must be 'one2many' or 'both', got {self.branch!r}")
+        if self.mode not in ("offline", "online"):
+            raise ValueError(f"mode must be 'offline' or 'online', got {self.mode!r}")
         names = [t.name for t in self.losses]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:

@@ -42,6 +42,8 @@ class DistillContext:
     def __init__(self, teacher: nn.Module, student: nn.Module, recipe: DistillRecipe, imgsz: int = 64) -> None:
         self.teacher = teacher
         self.recipe = recipe
+        self.online = recipe.mode == "online"
+        self.teacher_det = None  # online mode: the teacher's own detection loss (built on first use)
         self.strides = student.stride.clone()
         self.factor = 1.0
         self.terms: list[tuple[KDTerm, KDLoss]] = []
@@ -135,35 +137,45 @@ class DistillContext:
 
     # -- the KD terms -------------------------------------------------------------------------------------------
     def names(self) -> list[str]:
-        """Loss-item names of the KD terms (``kd_<label>``, e.g. ``kd_cwd``)."""
-        return [f"kd_{fn.label or t.name}" for t, fn in self.terms]
+        """Loss-item names of the KD terms (``kd_<label>``, e.g. ``kd_cwd``), then ``t_det``/``t_kd`` online."""
+        return [f"kd_{fn.label or t.name}" for t, fn in self.terms] + (["t_det", "t_kd"] if self.online else [])
 
-    def teacher_forward(self, img: torch.Tensor) -> tuple[dict[str, HeadOutput], dict[str, list[torch.Tensor]]]:
-        """Run the frozen teacher on ``img`` and record what the terms need."""
+    def teacher_forward(self, img: torch.Tensor):
+        """Run the teacher on ``img`` (frozen: no grad; online: with grad while training) and record its layers.
+
+        Returns:
+            The head branches, the recorded layers per term, and the raw predictions.
+        """
         recs = list(self.teacher_recorders.items())
         for _, r in recs:
             r.attach(self.teacher)
+        train_teacher = self.online and torch.is_grad_enabled()
+        if self.online:
+            self.teacher.train(train_teacher)
         try:
-            with torch.no_grad():
+            with torch.set_grad_enabled(train_teacher):
                 preds = self.teacher(img.to(_model_dtype(self.teacher)))
             layers = {name: r.pop() for name, r in recs}
         finally:
             for _, r in recs:
                 r.detach()
-        return head_outputs(preds), layers
+        return head_outputs(preds), layers, preds
 
-    def compute(self, student_preds, img: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """All weighted KD terms for one batch.
+    def compute(self, student_preds, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """All weighted KD terms for one batch (and, online, the teacher's own losses).
 
         Args:
             student_preds: the student head's output (train-mode dict or eval-mode tuple).
-            img: the batch images (B, 3, H, W) the student saw.
+            batch: the batch the student saw (``img`` (B, 3, H, W) and, online, the targets).
 
         Returns:
-            The weighted terms as a vector (K,) and a dict of their detached values keyed ``kd_<label>``.
+            The terms as a vector (per image; the criterion multiplies by B) and a dict of their detached values.
         """
+        img = batch["img"]
         s_br = head_outputs(student_preds)
-        t_br, t_layers = self.teacher_forward(img)
+        t_br_live, t_layers, t_preds = self.teacher_forward(img)
+        t_br = {k: _detached(v) for k, v in t_br_live.items()}
+        t_layers = {k: [x.detach() for x in v] for k, v in t_layers.items()}
         pairs = [("main", "main")]
         if self.recipe.branch == "both" and "one2one" in s_br:
             pairs.append(("one2one", "one2one" if "one2one" in t_br else "main"))
@@ -180,13 +192,28 @@ class DistillContext:
         vec = torch.stack(values) if values else img.new_zeros(0, dtype=torch.float32)
         weights = torch.tensor([t.weight for t, _ in self.terms], device=vec.device) * self.factor
         vec = vec * weights
-        if values and not torch.isfinite(vec).all():
-            bad = [f"{t.name}={float(x)}" for (t, _), x in zip(self.terms, vec.detach()) if not torch.isfinite(x)]
+        if self.online:
+            vec = torch.cat([vec, self._teacher_losses(t_preds, t_br_live["main"], s_br["main"], batch)])
+        if len(vec) and not torch.isfinite(vec).all():
+            bad = [f"{n}={float(x)}" for n, x in zip(self.names(), vec.detach()) if not torch.isfinite(x)]
             raise FloatingPointError(
                 f"distillation term(s) {', '.join(bad)} became NaN/Inf; lower their weight or temperature, or check "
                 f"that the teacher checkpoint is sound (its own outputs are finite)"
             )
         return vec, dict(zip(self.names(), vec.detach()))
+
+    def _teacher_losses(self, t_preds, t: HeadOutput, s: HeadOutput, batch: dict) -> torch.Tensor:
+        """Online mode: the teacher's detection loss and the output-level terms distilled back from the student."""
+        if self.teacher_det is None:
+            self.teacher_det = self.teacher.init_criterion()
+        det, _ = self.teacher_det(t_preds, batch)
+        s = _detached(s)
+        back = t.scores.new_zeros((), dtype=torch.float32)
+        with torch.autocast(batch["img"].device.type if batch["img"].device.type != "mps" else "cpu", enabled=False):
+            for term, loss_fn in self.terms:
+                if loss_fn.inputs in ("scores", "dist", "boxes"):
+                    back = back + term.weight * self.factor * self._term(term, loss_fn, t, s, None)
+        return torch.stack([det.sum().float() / batch["img"].shape[0], back])
 
     def _term(self, term: KDTerm, loss_fn: KDLoss, s: HeadOutput, t: HeadOutput, t_layers) -> torch.Tensor:
         weight = t.confidence().float()
@@ -212,6 +239,10 @@ class DistillContext:
         return total / len(s_feats)
 
 
+def _detached(h: HeadOutput) -> HeadOutput:
+    return HeadOutput(scores=h.scores.detach(), dist=h.dist.detach(), feats=[f.detach() for f in h.feats])
+
+
 class DistillationCriterion:
     """``model.criterion`` during distillation: the student's detection loss plus the KD terms.
 
@@ -231,6 +262,6 @@ class DistillationCriterion:
 
     def __call__(self, preds, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss, items = self.det(preds, batch)
-        kd, kd_items = self.ctx.compute(preds, batch["img"])
+        kd, kd_items = self.ctx.compute(preds, batch)
         bs = batch["img"].shape[0]
         return torch.cat([loss.view(-1), (kd * bs).to(loss.dtype)]), {**items, **kd_items}

@@ -36,7 +36,7 @@ log = logging.getLogger("yolo_distill")
 
 #: Keys this trainer adds to Ultralytics' arguments (they travel in ``vars(args)`` and in checkpoints).
 EXTRA_KEYS = ("teacher", "recipe", "distill", "sparsity")
-CONNECTORS_FILE = "distill_connectors.pt"
+STATE_FILE = "distill_state.pt"  # connectors (and, online, the teacher): training-only, for resume
 
 
 def strip_extra(args: Any) -> Any:
@@ -95,7 +95,7 @@ class DistillationTrainer(DetectionTrainer):
         self.add_callback("on_train_epoch_start", _set_epoch)
         self.add_callback("on_train_batch_start", _attach_student_recorders)
         self.add_callback("on_train_batch_end", _detach_student_recorders)
-        self.add_callback("on_model_save", _save_connectors)
+        self.add_callback("on_model_save", _save_state)
 
     # -- model ----------------------------------------------------------------------------------------------------
     def get_model(self, cfg: str | dict | None = None, weights: nn.Module | None = None, verbose: bool = True):
@@ -139,14 +139,20 @@ class DistillationTrainer(DetectionTrainer):
         student = unwrap_model(self.model)
         teacher = load_teacher(self._teacher_src).to(self.device)
         check_pair(teacher, self.data["names"], student.stride)
-        self.distill = DistillContext(teacher, student, self.recipe, imgsz=int(student.stride.max()) * 2).to(
-            self.device
-        )
+        if self.recipe.mode == "online":  # mutual learning: the teacher trains too, with its own detection loss
+            for p in teacher.parameters():
+                p.requires_grad_(True)
+            teacher.args = strip_extra(self.args)
+        imgsz = int(student.stride.max()) * 2
+        self.distill = DistillContext(teacher, student, self.recipe, imgsz=imgsz).to(self.device)
         if self.resume and self.args.resume:
-            f = Path(str(self.args.resume)).parent / CONNECTORS_FILE
-            if f.exists() and len(self.distill.connectors):
-                self.distill.connectors.load_state_dict(torch.load(f, map_location=self.device))
-                log.info("yolo_distill: restored connectors from %s", f)
+            f = Path(str(self.args.resume)).parent / STATE_FILE
+            if f.exists():
+                state = torch.load(f, map_location=self.device)
+                self.distill.connectors.load_state_dict(state["connectors"])
+                if state.get("teacher") is not None:
+                    self.distill.teacher.load_state_dict(state["teacher"])
+                log.info("yolo_distill: restored distillation state from %s", f)
         if RANK in {-1, 0}:
             terms = ", ".join(f"{t.name}x{t.weight:g}" for t, _ in self.distill.terms) or "none"
             log.info(
@@ -189,9 +195,12 @@ class DistillationTrainer(DetectionTrainer):
     def optimizer_step(self) -> None:
         """Clip the connectors' gradients (Ultralytics clips only the model's), add BN sparsity, then step."""
         if self.distill is not None:
-            params = [p for p in self.distill.connectors.parameters() if p.grad is not None]
+            extra = list(self.distill.connectors.parameters())
+            if self.distill.online:
+                extra += list(self.distill.teacher.parameters())
+            params = [p for p in extra if p.grad is not None]
             if params:
-                if self.world_size > 1:  # connectors are outside the DDP module: average their gradients here
+                if self.world_size > 1:  # outside the DDP module: average their gradients here
                     for p in params:
                         torch.distributed.all_reduce(p.grad)
                         p.grad /= self.world_size
@@ -235,6 +244,15 @@ def _detach_student_recorders(trainer: DistillationTrainer) -> None:
             r.detach()
 
 
-def _save_connectors(trainer: DistillationTrainer) -> None:
-    if trainer.distill is not None and len(trainer.distill.connectors):
-        torch.save(trainer.distill.connectors.state_dict(), trainer.wdir / CONNECTORS_FILE)
+def _save_state(trainer: DistillationTrainer) -> None:
+    ctx = trainer.distill
+    if ctx is None or not (len(ctx.connectors) or ctx.online):
+        return
+    state = {"connectors": ctx.connectors.state_dict(), "teacher": ctx.teacher.state_dict() if ctx.online else None}
+    torch.save(state, trainer.wdir / STATE_FILE)
+    if ctx.online:  # the co-trained teacher is a model of its own: a stock checkpoint beside the student's
+        from yolo_distill.checkpoints import save_stock_checkpoint
+
+        out = trainer.wdir / "teacher_last.pt"
+        out.unlink(missing_ok=True)  # this run's own file, rewritten every epoch
+        save_stock_checkpoint(ctx.teacher, out, train_args={"data": trainer.args.data, "imgsz": trainer.args.imgsz})
