@@ -50,7 +50,9 @@ def test_bad_inputs(tmp_path, tiny_data, ckpt_factory, caplog):
     from yolo_distill.checkpoints import save_stock_checkpoint
 
     ckpt = shutil.copy(ckpt_factory("yolo11n.yaml"), tmp_path / "m.pt")
-    with pytest.raises(ValueError, match="format 'tflite' is not supported"):
+    with pytest.raises(ValueError, match="exclusive"):
+        export_checkpoint(ckpt, int8=True, half=True)
+    with pytest.raises(ValueError, match="format .tflite. is not supported"):
         export_checkpoint(ckpt, format="tflite")
     cls = save_stock_checkpoint(ClassificationModel("yolo11n-cls.yaml", nc=3, verbose=False), tmp_path / "c.pt")
     with pytest.raises(ValueError, match="detection models only"):
@@ -64,3 +66,12 @@ def test_bad_inputs(tmp_path, tiny_data, ckpt_factory, caplog):
         export_checkpoint(ckpt, imgsz=64, int8=True, data=str(empty / "data.yaml"))
     r = export_checkpoint(ckpt, imgsz=70, data=str(tiny_data), runs=2, validate=False)
     assert r.imgsz == 96 and "not a multiple of the max stride" in caplog.text
+
+
+def test_fp16_export_is_fp16_and_within_its_tolerance(tmp_path, tiny_data, ckpt_factory):
+    import onnx
+
+    ckpt = shutil.copy(ckpt_factory("yolo11n.yaml"), tmp_path / "m.pt")
+    r = export_checkpoint(ckpt, imgsz=64, data=str(tiny_data), half=True, runs=2, validate=False)
+    assert r.precision == "fp16" and r.parity.ok and "onnx_fp16" in r.latency_ms
+    assert onnx.TensorProto.FLOAT16 in {i.data_type for i in onnx.load(r.onnx).graph.initializer}

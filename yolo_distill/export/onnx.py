@@ -51,6 +51,7 @@ class ExportReport:
     onnx: str
     imgsz: int
     parity: Parity
+    precision: str = "fp32"
     latency_ms: dict = field(default_factory=dict)
     int8_onnx: str | None = None
     int8_parity: Parity | None = None
@@ -176,8 +177,8 @@ def export_checkpoint(
     parity_images: int = 8,
     overwrite: bool = False,
     validate: bool = True,
-    score_tol: float = 1e-4,
-    box_tol: float = 1e-3,
+    score_tol: float | None = None,
+    box_tol: float | None = None,
 ) -> ExportReport:
     """Export a detection checkpoint to ONNX, prove parity with PyTorch, optionally quantize to INT8, time both.
 
@@ -188,7 +189,7 @@ def export_checkpoint(
         int8: also write ``CKPT_int8.onnx`` (static QDQ, per-channel weights, Detect head kept in fp32).
         data: data YAML (or built-in name) for parity images, INT8 calibration and mAP; default: the
             checkpoint's training data.
-        half: export FP16 ONNX (Ultralytics supports it on GPU).
+        half: export FP16 ONNX (weights and compute in fp16, fp32 inputs and outputs).
         dynamic: dynamic batch and image size.
         opset: ONNX opset (default: Ultralytics' choice).
         simplify: run onnxslim.
@@ -198,8 +199,8 @@ def export_checkpoint(
         parity_images: images for the parity check.
         overwrite: replace existing outputs.
         validate: measure mAP of the ONNX models over the val split (needs ``data``).
-        score_tol: max abs difference allowed for class scores.
-        box_tol: max abs difference allowed for box coordinates (pixels).
+        score_tol: max abs difference allowed for class scores (default 1e-4 for FP32, 5e-3 for FP16).
+        box_tol: max abs difference allowed for box coordinates in pixels (default 1e-3 for FP32, 1.0 for FP16).
 
     Returns:
         The report, also written to ``CKPT_export.json``.
@@ -215,6 +216,8 @@ def export_checkpoint(
         raise ValueError(
             f"format {format!r} is not supported; yolo_distill exports format=onnx (with int8=True for INT8)"
         )
+    if int8 and half:
+        raise ValueError("int8=True and half=True are exclusive (INT8 is calibrated from the FP32 model); export twice")
     ckpt = Path(model)
     net = load_model(ckpt)  # clear errors for missing / corrupt / non-.pt files
     if type(net).__name__ != "DetectionModel":
@@ -239,8 +242,11 @@ def export_checkpoint(
         log.warning("yolo_distill: no dataset images (data=%r); parity runs on random images", data)
     end2end = bool(getattr(net.model[-1], "end2end", False))
 
+    score_tol = score_tol if score_tol is not None else (5e-3 if half else 1e-4)
+    box_tol = box_tol if box_tol is not None else (1.0 if half else 1e-3)
+    fp16 = {"quantize": 16} if half else {}
     exported = YOLO(str(ckpt)).export(
-        format="onnx", imgsz=imgsz, half=half, dynamic=dynamic, opset=opset, simplify=simplify, device="cpu"
+        format="onnx", imgsz=imgsz, dynamic=dynamic, opset=opset, simplify=simplify, device="cpu", **fp16
     )
     onnx_path = Path(exported)
     if onnx_path != out_onnx:
@@ -250,9 +256,10 @@ def export_checkpoint(
     batch = batch.astype(np.float32)
     ref = load_model(ckpt).fuse().eval()
     parity = check_parity(ref, onnx_path, batch, end2end, score_tol, box_tol, threads)
-    report = ExportReport(str(ckpt), str(onnx_path), imgsz, parity)
+    report = ExportReport(str(ckpt), str(onnx_path), imgsz, parity, precision="fp16" if half else "fp32")
     x1 = batch[:1]
-    report.latency_ms["onnx_fp32"] = time_onnx(onnx_path, x1, threads, runs)
+    key = "onnx_fp16" if half else "onnx_fp32"
+    report.latency_ms[key] = time_onnx(onnx_path, x1, threads, runs)
     report.latency_ms["torch_fp32"] = time_torch(ref, x1, threads, max(runs // 2, 10))
     if int8:
         calib = letterbox_images(images[:calib_images], imgsz)
@@ -261,13 +268,13 @@ def export_checkpoint(
         report.latency_ms["onnx_int8"] = time_onnx(out_int8, x1, threads, runs)
         report.int8_parity = check_parity(ref, out_int8, batch, end2end, math.inf, math.inf, threads)
     if validate and data:
-        for key, path in (("onnx_fp32", onnx_path), ("onnx_int8", out_int8 if int8 else None)):
+        for k, path in ((key, onnx_path), ("onnx_int8", out_int8 if int8 else None)):
             if path is None:
                 continue
             m = YOLO(str(path), task="detect").val(
                 data=str(Path(_resolve(data))), imgsz=imgsz, batch=1, device="cpu", plots=False, verbose=False
             )
-            report.map50_95[key], report.map50[key] = float(m.box.map), float(m.box.map50)
+            report.map50_95[k], report.map50[k] = float(m.box.map), float(m.box.map50)
     out_json.write_text(json.dumps(asdict(report), indent=2))
     _print(report)
     if not parity.ok:
