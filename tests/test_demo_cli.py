@@ -133,3 +133,31 @@ def test_converters_round_trip(tmp_path):
     assert check_detection_dataset(y2)["nc"] == 2
     with pytest.raises(FileExistsError):
         coco_to_yolo({"train": (tmp_path / "c.json", img_dir)}, tmp_path / "o")
+
+
+def test_public_dataset_names_fail_clearly_offline(monkeypatch, tmp_path):
+    from ultralytics.utils import SETTINGS
+
+    from yolo_distill.data.builtin import resolve_data
+
+    monkeypatch.setitem(SETTINGS, "datasets_dir", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="YOLO_OFFLINE=0"):
+        resolve_data("coco128")
+    (tmp_path / "coco128").mkdir()
+    assert resolve_data("coco128") == "coco128.yaml"
+
+
+def test_second_run_never_overwrites_the_first(tmp_path, tiny_data):
+    from tests.conftest import train_args
+    from yolo_distill.distill.trainer import DistillationTrainer
+
+    a = DistillationTrainer(
+        overrides=dict(model="yolov8n.yaml", data=str(tiny_data), **train_args(tmp_path, val=False))
+    )
+    a.train()
+    first = a.last.read_bytes()
+    b = DistillationTrainer(
+        overrides=dict(model="yolov8n.yaml", data=str(tiny_data), **train_args(tmp_path, val=False))
+    )
+    b.train()
+    assert b.save_dir != a.save_dir and a.last.read_bytes() == first

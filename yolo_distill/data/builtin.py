@@ -13,14 +13,37 @@ BUILTIN = {
 }
 
 
+#: short names of public datasets -> (Ultralytics' data YAML, its folder under Ultralytics' datasets_dir)
+PUBLIC = {"coco": ("coco.yaml", "coco"), "coco128": ("coco128.yaml", "coco128"), "voc": ("VOC.yaml", "VOC")}
+
+
 def resolve_data(data: str | Path, root: str | Path = "datasets") -> str:
-    """Return a data YAML path for ``data``: a built-in name is generated under ``root/<name>`` when missing.
+    """Return a data YAML path for ``data``.
 
     Args:
-        data: a built-in name (``shapes``, ``shapes-tiny``) or a data YAML path / Ultralytics dataset name.
+        data: a built-in name (``shapes``, ``shapes-tiny``: generated under ``root/<name>`` when missing), a public
+            dataset name (``coco``, ``coco128``, ``voc``: Ultralytics' own YAMLs, downloaded by Ultralytics when
+            online), or a data YAML path.
         root: where built-in datasets are generated.
+
+    Raises:
+        FileNotFoundError: a public dataset that is not on disk while offline.
     """
+    import os
+
     s = str(data)
     if s in BUILTIN:
         return str(generate_shapes(Path(root) / s, BUILTIN[s]))
+    key = s.lower().removesuffix(".yaml")
+    if key in PUBLIC:
+        from ultralytics.utils import SETTINGS
+
+        yaml_name, folder = PUBLIC[key]
+        on_disk = (Path(SETTINGS["datasets_dir"]) / folder).is_dir()
+        if not on_disk and os.environ.get("YOLO_OFFLINE", "1").lower() in ("1", "true"):
+            raise FileNotFoundError(
+                f"{yaml_name} is not under {SETTINGS['datasets_dir']} and yolo_distill runs offline "
+                f"(YOLO_OFFLINE=1); set YOLO_OFFLINE=0 to let Ultralytics download it, or pass a local data YAML"
+            )
+        return yaml_name
     return s
