@@ -172,7 +172,11 @@ COMMANDS: dict[str, Command] = {
         "yolo-distill bench recipe=cpu-small|PATH.yaml [out=bench/NAME] [repeats=1] [seed=0] [report_only=False]\n"
         "Rows already finished (same spec, settings and version) are skipped; a killed bench continues.",
     ),
-    "demo": Command(_demo, "yolo-distill demo [epochs=..] [imgsz=..] [project=runs/demo] (all stages on data=shapes)"),
+    "demo": Command(
+        _demo,
+        "yolo-distill demo [epochs=5] [imgsz=256] [project=runs/demo] [teacher=PATH|train] [data=shapes]\n"
+        "All stages on the built-in dataset with the shipped YOLO11s teacher (teacher=train trains one).",
+    ),
     "data": Command(
         _data,
         "yolo-distill data [action=generate] out=datasets/shapes [n_train=400 n_val=100 imgsz=320 seed=0 ...]\n"
