@@ -29,6 +29,11 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
+def _fp32(device: torch.device) -> torch.autocast:
+    """A context that turns autocast off, so KD math runs in fp32 also under AMP."""
+    return torch.autocast(device.type if device.type in ("cuda", "cpu", "mps", "xpu") else "cpu", enabled=False)
+
+
 class DistillContext:
     """Teacher, connectors and KD terms of one distillation run (training-only state).
 
@@ -182,8 +187,7 @@ class DistillContext:
         grad = torch.is_grad_enabled()
         self.connectors.train(grad)
         values = []
-        dev_type = img.device.type if img.device.type in ("cuda", "cpu", "mps", "xpu") else "cpu"
-        with torch.autocast(dev_type, enabled=False):  # KD math in fp32, also under AMP
+        with _fp32(img.device):
             for term, loss_fn in self.terms:
                 v = img.new_zeros((), dtype=torch.float32)
                 for sb, tb in pairs:
@@ -209,7 +213,7 @@ class DistillContext:
         det, _ = self.teacher_det(t_preds, batch)
         s = _detached(s)
         back = t.scores.new_zeros((), dtype=torch.float32)
-        with torch.autocast(batch["img"].device.type if batch["img"].device.type != "mps" else "cpu", enabled=False):
+        with _fp32(batch["img"].device):
             for term, loss_fn in self.terms:
                 if loss_fn.inputs in ("scores", "dist", "boxes"):
                     back = back + term.weight * self.factor * self._term(term, loss_fn, t, s, None)
@@ -256,9 +260,10 @@ class DistillationCriterion:
         self.ctx = ctx
 
     def update(self) -> None:
-        """Forward Ultralytics' per-epoch update (YOLO26's one2many/one2one weight shift) to the inner loss."""
-        if hasattr(self.det, "update"):
-            self.det.update()
+        """Forward Ultralytics' per-epoch update (YOLO26's one2many/one2one weight shift) to the inner losses."""
+        for det in (self.det, self.ctx.teacher_det):
+            if hasattr(det, "update"):
+                det.update()
 
     def __call__(self, preds, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss, items = self.det(preds, batch)
