@@ -192,3 +192,20 @@ def test_iterative_recipe_reaches_target_and_keeps_source(tmp_path, tiny_data, c
         bad = tmp_path / "bad.yaml"
         bad.write_text("stepz: 3\n")
         load_iterative_recipe(bad)
+
+
+@pytest.mark.parametrize("family", ["v8", "26"])
+def test_global_allocation_is_non_uniform_and_stock(ckpt_factory, family):
+    model = load_model(ckpt_factory(FAMILIES[family]))
+    _, uni = prune_model(model, PruneConfig(ratio=0.5, imgsz=64))
+    pruned, glo = prune_model(model, PruneConfig(ratio=0.5, imgsz=64, allocation="global"))
+    assert glo["layers"] != uni["layers"], "global allocation should differ from uniform"
+
+    def spread(rep: dict) -> float:
+        kept = [b / a for a, b in rep["layers"].values() if b]
+        return max(kept) - min(kept)
+
+    assert spread(glo) > spread(uni), "a global ranking prunes layers by different amounts; uniform only rounds"
+    with torch.no_grad():
+        assert pruned(torch.rand(1, 3, 64, 64))[0].shape == model.eval()(torch.rand(1, 3, 64, 64))[0].shape
+    assert {type(m).__module__.split(".")[0] for m in pruned.modules()} <= {"ultralytics", "torch"}

@@ -43,6 +43,8 @@ class PruneConfig:
         imgsz: image size for GFLOPs.
         layer_ratios: per-layer channel ratios by layer index (non-uniform allocation, e.g. from a sensitivity
             scan); layers not listed use ``ratio``.
+        allocation: ``uniform`` (every layer at ``ratio``) or ``global`` (Torch-Pruning's global importance
+            ranking decides how much each layer loses, ``ratio`` overall, capped by ``max_layer_ratio``).
     """
 
     ratio: float | None = 0.5
@@ -54,6 +56,7 @@ class PruneConfig:
     protect: list[int | str] = field(default_factory=list)
     imgsz: int = 640
     layer_ratios: dict[int, float] = field(default_factory=dict)
+    allocation: str = "uniform"
 
     def __post_init__(self) -> None:
         if self.gflops is not None:
@@ -64,6 +67,8 @@ class PruneConfig:
             raise ValueError(f"ratio must be in (0, 1), got {self.ratio}; e.g. ratio=0.5 removes half the channels")
         if self.method not in METHODS:
             raise ValueError(f"method {self.method!r} is not one of {METHODS}")
+        if self.allocation not in ("uniform", "global"):
+            raise ValueError(f"allocation must be 'uniform' or 'global' here, got {self.allocation!r}")
         if self.scope not in SCOPES:
             raise ValueError(f"scope {self.scope!r} is not one of {SCOPES}")
         if not 0 < self.max_layer_ratio < 1:
@@ -176,30 +181,30 @@ def _taylor_batches(model: nn.Module, data: str | None, imgsz: int, batches: int
     return out
 
 
-def _prune_once(model: nn.Module, cfg: PruneConfig, ratio: float, n_backbone: int, batches: list[dict]) -> nn.Module:
-    """Prune ``model`` in place at a uniform channel ``ratio``; returns it with stock classes only."""
+def _step(model: nn.Module, cfg: PruneConfig, ratio: float, n_backbone: int, batches: list[dict],
+          layer_ratios: dict[int, float], global_pruning: bool = False) -> None:  # fmt: skip
+    """Split the CSP blocks of ``model`` and run one Torch-Pruning step on it, in place (left split)."""
     import torch_pruning as tp
 
     model.eval()
     split_csp(model)
     for p in model.parameters():
         p.requires_grad_(True)
-    x = torch.zeros(1, 3, 64, 64)
     per_layer = {}
-    for i, r in cfg.layer_ratios.items():
-        if not 0 <= i < len(model.model) - 1:
-            raise ValueError(f"layer_ratios: layer {i} is not a prunable layer index (0..{len(model.model) - 2})")
+    for i, r in layer_ratios.items():
+        if not 0 <= i < len(model.model):
+            raise ValueError(f"layer_ratios: layer {i} is not a layer index (0..{len(model.model) - 1})")
         per_layer[model.model[i]] = r  # absolute; a GFLOPs search moves only the unlisted layers
     pruner = tp.pruner.MetaPruner(
         model,
-        x,
+        torch.zeros(1, 3, 64, 64),
         importance=importance(cfg.method),
         pruning_ratio=ratio,
         pruning_ratio_dict=per_layer or None,
         max_pruning_ratio=cfg.max_layer_ratio,
         ignored_layers=_ignored(model, cfg, n_backbone),
         round_to=cfg.round_to,
-        global_pruning=False,
+        global_pruning=global_pruning,
         output_transform=_flat_outputs,
     )
     if cfg.method == "taylor":
@@ -216,6 +221,31 @@ def _prune_once(model: nn.Module, cfg: PruneConfig, ratio: float, n_backbone: in
         model.eval()
     pruner.step()
     model.zero_grad(set_to_none=True)
+
+
+def _layer_widths(model: nn.Module) -> list[int]:
+    return [sum(m.out_channels for m in layer.modules() if isinstance(m, nn.Conv2d)) for layer in model.model]
+
+
+def _global_plan(model: nn.Module, cfg: PruneConfig, ratio: float, n_backbone: int, batches: list[dict]) -> dict:
+    """Per-layer ratios from Torch-Pruning's global ranking, read off a throwaway copy.
+
+    A global ranking may keep different counts in the two halves of a CSP block, which the stock block cannot
+    hold; applying the plan per layer (every group of a layer at that layer's ratio) keeps them equal.
+    """
+    plan = deepcopy(model)
+    before = _layer_widths(plan)
+    _step(plan, cfg, ratio, n_backbone, batches, {}, global_pruning=True)
+    after = _layer_widths(plan)
+    return {i: 1 - a / b for i, (a, b) in enumerate(zip(after, before)) if b}
+
+
+def _prune_once(model: nn.Module, cfg: PruneConfig, ratio: float, n_backbone: int, batches: list[dict]) -> nn.Module:
+    """Prune ``model`` in place at channel ``ratio`` (uniform or global); returns it with stock classes only."""
+    layer_ratios = dict(cfg.layer_ratios)
+    if cfg.allocation == "global":
+        layer_ratios = {**_global_plan(model, cfg, ratio, n_backbone, batches), **layer_ratios}
+    _step(model, cfg, ratio, n_backbone, batches, layer_ratios)
     fit_attention(model)
     merge_csp(model)
     for p in model.parameters():
@@ -322,9 +352,9 @@ def prune_checkpoint(
         imgsz: image size for GFLOPs and validation.
         batches: batches of 4 images for ``taylor``.
         val: validate before and after (needs ``data``).
-        allocation: ``uniform`` (every layer at ``ratio``) or ``sensitivity`` (scan each layer alone, then give
-            each the largest ratio whose mAP drop stays within ``max_drop``; writes ``sensitivity.*`` beside
-            ``out``).
+        allocation: ``uniform`` (every layer at ``ratio``), ``global`` (a global importance ranking decides each
+            layer's share) or ``sensitivity`` (scan each layer alone, then give each the largest ratio whose mAP
+            drop stays within ``max_drop``; writes ``sensitivity.*`` beside ``out``).
         max_drop: mAP50-95 drop allowed per layer with ``allocation=sensitivity``.
         layer_ratios: explicit per-layer ratios ``{layer index: ratio}`` (non-uniform allocation).
 
@@ -338,13 +368,14 @@ def prune_checkpoint(
         protect = [p.strip() for p in protect.split(",") if p.strip()]
     elif isinstance(protect, int):
         protect = [protect]
-    if allocation not in ("uniform", "sensitivity"):
-        raise ValueError(f"allocation must be 'uniform' or 'sensitivity', got {allocation!r}")
+    if allocation not in ("uniform", "global", "sensitivity"):
+        raise ValueError(f"allocation must be 'uniform', 'global' or 'sensitivity', got {allocation!r}")
     if allocation == "sensitivity" and not data:
         raise ValueError("allocation=sensitivity needs data= (each layer is validated after pruning it alone)")
     cfg = PruneConfig(ratio=ratio, gflops=gflops, method=method, scope=scope, round_to=round_to,
                       max_layer_ratio=max_layer_ratio, protect=list(protect or []), imgsz=imgsz,
-                      layer_ratios=dict(layer_ratios or {}))  # fmt: skip
+                      layer_ratios=dict(layer_ratios or {}),
+                      allocation="global" if allocation == "global" else "uniform")  # fmt: skip
     dst = Path(out) if out else src.with_name(f"{src.stem}_pruned.pt")
     report_path = (
         dst.with_name("prune_report.json") if dst.stem == "pruned" else dst.with_name(f"{dst.stem}_report.json")
