@@ -113,6 +113,7 @@ def _run_row(row: dict, s: dict, done: dict[str, dict], out: Path) -> dict:
         rep = export_checkpoint(res["checkpoint"], imgsz=s.get("export_imgsz", common["imgsz"]), data=s["data"],
                                 runs=20, validate=False, int8=bool(row.get("int8")))  # fmt: skip
         res["onnx_ms"] = rep.latency_ms["onnx_fp32"]["median"]
+        res["torch_ms"] = rep.latency_ms["torch_fp32"]["median"]
         res["int8_ms"] = rep.latency_ms.get("onnx_int8", {}).get("median")
     res["seconds"] = time.time() - t0
     return res
@@ -176,8 +177,8 @@ def write_report(table: list[dict], out_dir: Path, recipe_name: str) -> Path:
     lines = [
         f"# Benchmark `{recipe_name}`",
         "",
-        "| row | params | GFLOPs | mAP50 | mAP50-95 | ONNX ms | INT8 ms | time s | seeds |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| row | params | GFLOPs | mAP50 | mAP50-95 | ONNX ms | INT8 ms | PyTorch ms | time s | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     summary = []
     for n in names:
@@ -187,9 +188,11 @@ def write_report(table: list[dict], out_dir: Path, recipe_name: str) -> Path:
         spread = f" ± {statistics.stdev(maps):.4f}" if len(maps) > 1 else ""
         r0 = rs[0]
         int8 = f"{r0['int8_ms']:.2f}" if r0.get("int8_ms") else "-"
+        pt = f"{r0['torch_ms']:.1f}" if r0.get("torch_ms") else "-"
+        secs = statistics.fmean(r["seconds"] for r in rs)
         lines.append(
             f"| {n} | {r0['params']:,} | {r0['gflops']:.2f} | {statistics.fmean(r['map50'] for r in rs):.4f} | "
-            f"{mean:.4f}{spread} | {r0['onnx_ms']:.2f} | {int8} | {statistics.fmean(r['seconds'] for r in rs):.0f} "
+            f"{mean:.4f}{spread} | {r0['onnx_ms']:.2f} | {int8} | {pt} | {secs:.0f} "
             f"| {len(rs)} |"
         )
         summary.append((n, r0["gflops"], r0["onnx_ms"], mean, r0.get("curve", [])))
