@@ -75,3 +75,16 @@ def test_fp16_export_is_fp16_and_within_its_tolerance(tmp_path, tiny_data, ckpt_
     r = export_checkpoint(ckpt, imgsz=64, data=str(tiny_data), half=True, runs=2, validate=False)
     assert r.precision == "fp16" and r.parity.ok and "onnx_fp16" in r.latency_ms
     assert onnx.TensorProto.FLOAT16 in {i.data_type for i in onnx.load(r.onnx).graph.initializer}
+
+
+def test_interleaved_latency_comparison(tmp_path, tiny_data, ckpt_factory):
+    import numpy as np
+
+    from yolo_distill.export.latency import compare_onnx
+
+    a = export_checkpoint(shutil.copy(ckpt_factory("yolo11n.yaml"), tmp_path / "a.pt"), imgsz=64, runs=2,
+                          data=str(tiny_data), validate=False).onnx  # fmt: skip
+    b = export_checkpoint(shutil.copy(ckpt_factory("yolov8n.yaml"), tmp_path / "b.pt"), imgsz=64, runs=2,
+                          data=str(tiny_data), validate=False).onnx  # fmt: skip
+    res = compare_onnx([a, b], np.zeros((1, 3, 64, 64), np.float32), runs=3)
+    assert set(res) == {a, b} and all(v["runs"] == 3 and v["median"] > 0 for v in res.values())

@@ -50,3 +50,25 @@ def time_torch(model: torch.nn.Module, x: np.ndarray, threads: int = 2, runs: in
     finally:
         torch.set_num_threads(prev)
     return _stats(times)
+
+
+def compare_onnx(paths: list[str | Path], x: np.ndarray, threads: int = 2, runs: int = 50, warmup: int = 5) -> dict:
+    """ONNX Runtime latency of several models measured interleaved (one run of each in turn), so that load on the
+    machine affects all of them alike and their ratios hold. Returns ``{path: stats}``."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sessions = {str(p): ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"]) for p in paths}
+    names = {p: s.get_inputs()[0].name for p, s in sessions.items()}
+    for _ in range(warmup):
+        for p, s in sessions.items():
+            s.run(None, {names[p]: x})
+    times: dict[str, list[float]] = {p: [] for p in sessions}
+    for _ in range(runs):
+        for p, s in sessions.items():
+            t = time.perf_counter()
+            s.run(None, {names[p]: x})
+            times[p].append(time.perf_counter() - t)
+    return {p: _stats(t) for p, t in times.items()}
