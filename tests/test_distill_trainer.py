@@ -326,3 +326,27 @@ def test_online_mutual_learning_trains_both(tmp_path, tiny_data, ckpt_factory):
     ck = torch.load(tr.last, weights_only=False)
     student = ck.get("ema") or ck["model"]
     assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in t_saved.parameters())
+
+
+@pytest.mark.parametrize("branch", ["one2many", "both"])
+def test_yolo26_branches(ckpt_factory, branch):
+    """KD reaches YOLO26's one2one head only with branch=both (its features are detached from the backbone)."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_distill.config import load_distill_recipe
+    from yolo_distill.distill.criterion import DistillContext
+    from yolo_distill.distill.teacher import load_teacher
+
+    student = DetectionModel("yolo26n.yaml", nc=8, verbose=False).train()
+    recipe = load_distill_recipe(
+        {"losses": [{"name": "logit_kl", "params": {"conf_weighted": False}}], "branch": branch}
+    )
+    ctx = DistillContext(load_teacher(ckpt_factory("yolo26s.yaml")), student, recipe)
+    img = torch.rand(2, 3, 64, 64)
+    vec, _ = ctx.compute(student(img), {"img": img})
+    vec.sum().backward()
+    head = student.model[-1]
+    o2o = sum(float(p.grad.abs().sum()) for p in head.one2one_cv3.parameters() if p.grad is not None)
+    o2m = sum(float(p.grad.abs().sum()) for p in head.cv3.parameters() if p.grad is not None)
+    assert o2m > 0
+    assert (o2o > 0) == (branch == "both"), f"one2one grad {o2o} with branch={branch}"
