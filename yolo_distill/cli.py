@@ -165,6 +165,7 @@ COMMANDS: dict[str, Command] = {
         _export,
         "yolo-distill export model=CKPT.pt [format=onnx] [imgsz=640] [int8=False data=DATA.yaml] [half=False]\n"
         "                    [dynamic=False] [opset=None] [simplify=True] [threads=2] [runs=50] [overwrite=False]\n"
+        "                    [calib_method=minmax|percentile|entropy] [calib_images=64]\n"
         "Writes CKPT.onnx (CKPT_int8.onnx) and CKPT_export.json with parity and latency beside the checkpoint.",
     ),
     "bench": Command(

@@ -22,7 +22,7 @@ log = logging.getLogger("yolo_distill")
 
 EXPORT_KEYS = (
     "model", "format", "imgsz", "int8", "data", "half", "dynamic", "opset", "simplify", "threads", "runs",
-    "calib_images", "parity_images", "overwrite", "validate", "score_tol", "box_tol",
+    "calib_images", "parity_images", "overwrite", "validate", "score_tol", "box_tol", "calib_method",
 )  # fmt: skip
 
 
@@ -179,6 +179,7 @@ def export_checkpoint(
     validate: bool = True,
     score_tol: float | None = None,
     box_tol: float | None = None,
+    calib_method: str = "minmax",
 ) -> ExportReport:
     """Export a detection checkpoint to ONNX, prove parity with PyTorch, optionally quantize to INT8, time both.
 
@@ -201,6 +202,7 @@ def export_checkpoint(
         validate: measure mAP of the ONNX models over the val split (needs ``data``).
         score_tol: max abs difference allowed for class scores (default 1e-4 for FP32, 5e-3 for FP16).
         box_tol: max abs difference allowed for box coordinates in pixels (default 1e-3 for FP32, 1.0 for FP16).
+        calib_method: INT8 activation calibration: ``minmax``, ``percentile`` or ``entropy``.
 
     Returns:
         The report, also written to ``CKPT_export.json``.
@@ -263,7 +265,7 @@ def export_checkpoint(
     report.latency_ms["torch_fp32"] = time_torch(ref, x1, threads, max(runs // 2, 10))
     if int8:
         calib = letterbox_images(images[:calib_images], imgsz)
-        quantize_int8(onnx_path, out_int8, calib, overwrite=overwrite)
+        quantize_int8(onnx_path, out_int8, calib, overwrite=overwrite, method=calib_method)
         report.int8_onnx = str(out_int8)
         report.latency_ms["onnx_int8"] = time_onnx(out_int8, x1, threads, runs)
         report.int8_parity = check_parity(ref, out_int8, batch, end2end, math.inf, math.inf, threads)

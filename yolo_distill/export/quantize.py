@@ -34,8 +34,16 @@ def head_nodes(model_path: str | Path) -> list[str]:
     return [n.name for n in m.graph.node if n.name.startswith(f"/model.{last}/")]
 
 
+CALIBRATION = ("minmax", "percentile", "entropy")
+
+
 def quantize_int8(
-    src: str | Path, dst: str | Path, calib: np.ndarray, keep_head_fp32: bool = True, overwrite: bool = False
+    src: str | Path,
+    dst: str | Path,
+    calib: np.ndarray,
+    keep_head_fp32: bool = True,
+    overwrite: bool = False,
+    method: str = "minmax",
 ) -> Path:
     """Quantize ``src`` to ``dst`` calibrated on ``calib`` (N, 3, H, W) float32 images.
 
@@ -45,12 +53,15 @@ def quantize_int8(
         calib: calibration images, preprocessed as the model expects.
         keep_head_fp32: exclude the Detect head's nodes (box decoding and class scores lose most accuracy there).
         overwrite: replace an existing ``dst``.
+        method: activation range calibration: ``minmax``, ``percentile`` (99.999th) or ``entropy``.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     src, dst = Path(src), Path(dst)
+    if method not in CALIBRATION:
+        raise ValueError(f"calibration method {method!r} is not one of {CALIBRATION}")
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst} already exists; pass overwrite=True or move it away")
     if len(calib) == 0:
@@ -67,7 +78,11 @@ def quantize_int8(
             per_channel=True,
             weight_type=QuantType.QInt8,
             activation_type=QuantType.QUInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method={
+                "minmax": CalibrationMethod.MinMax,
+                "percentile": CalibrationMethod.Percentile,
+                "entropy": CalibrationMethod.Entropy,
+            }[method],  # fmt: skip
             nodes_to_exclude=head_nodes(pre) if keep_head_fp32 else [],
         )
     finally:
