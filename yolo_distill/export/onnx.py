@@ -54,6 +54,7 @@ class ExportReport:
     precision: str = "fp32"
     latency_ms: dict = field(default_factory=dict)
     int8_onnx: str | None = None
+    int8_calibration: str | None = None
     int8_parity: Parity | None = None
     map50_95: dict = field(default_factory=dict)
     map50: dict = field(default_factory=dict)
@@ -265,7 +266,7 @@ def export_checkpoint(
     report.latency_ms["torch_fp32"] = time_torch(ref, x1, threads, max(runs // 2, 10))
     if int8:
         calib = letterbox_images(images[:calib_images], imgsz)
-        quantize_int8(onnx_path, out_int8, calib, overwrite=overwrite, method=calib_method)
+        report.int8_calibration = quantize_int8(onnx_path, out_int8, calib, overwrite=overwrite, method=calib_method)
         report.int8_onnx = str(out_int8)
         report.latency_ms["onnx_int8"] = time_onnx(out_int8, x1, threads, runs)
         report.int8_parity = check_parity(ref, out_int8, batch, end2end, math.inf, math.inf, threads)

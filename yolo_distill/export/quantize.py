@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger("yolo_distill")
 
 
 class _Reader:
@@ -44,7 +47,7 @@ def quantize_int8(
     keep_head_fp32: bool = True,
     overwrite: bool = False,
     method: str = "minmax",
-) -> Path:
+) -> str:
     """Quantize ``src`` to ``dst`` calibrated on ``calib`` (N, 3, H, W) float32 images.
 
     Args:
@@ -53,7 +56,11 @@ def quantize_int8(
         calib: calibration images, preprocessed as the model expects.
         keep_head_fp32: exclude the Detect head's nodes (box decoding and class scores lose most accuracy there).
         overwrite: replace an existing ``dst``.
-        method: activation range calibration: ``minmax``, ``percentile`` (99.999th) or ``entropy``.
+        method: activation range calibration: ``minmax``, ``percentile`` (99.999th) or ``entropy``. Histogram
+            methods fall back to ``minmax`` (with a warning) when an activation has no range to bin.
+
+    Returns:
+        The calibration method actually used.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -67,24 +74,34 @@ def quantize_int8(
     if len(calib) == 0:
         raise ValueError("no calibration images: INT8 needs a few dozen images from the dataset")
     pre = dst.with_name(dst.stem + "_pre.onnx")
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}  # fmt: skip
     try:
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         name = onnx.load(str(pre)).graph.input[0].name
-        quantize_static(
-            str(pre),
-            str(dst),
-            _Reader(name, calib),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            weight_type=QuantType.QInt8,
-            activation_type=QuantType.QUInt8,
-            calibrate_method={
-                "minmax": CalibrationMethod.MinMax,
-                "percentile": CalibrationMethod.Percentile,
-                "entropy": CalibrationMethod.Entropy,
-            }[method],  # fmt: skip
-            nodes_to_exclude=head_nodes(pre) if keep_head_fp32 else [],
-        )
+        excluded = head_nodes(pre) if keep_head_fp32 else []
+
+        def run(m: str) -> None:
+            quantize_static(
+                str(pre),
+                str(dst),
+                _Reader(name, calib),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+                activation_type=QuantType.QUInt8,
+                calibrate_method=methods[m],
+                nodes_to_exclude=excluded,
+            )
+
+        try:
+            run(method)
+        except ValueError as e:
+            if method == "minmax" or "bins" not in str(e):
+                raise
+            log.warning("yolo_distill: %s calibration failed (%s); using minmax", method, e)
+            method = "minmax"
+            run(method)
     finally:
         pre.unlink(missing_ok=True)
     # keep Ultralytics' metadata (names, stride, imgsz) so YOLO("x_int8.onnx") can run and validate it
@@ -92,4 +109,4 @@ def quantize_int8(
     del q.metadata_props[:]
     q.metadata_props.extend(fp32.metadata_props)
     onnx.save(q, str(dst))
-    return dst
+    return method
