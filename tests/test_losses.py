@@ -50,8 +50,19 @@ def test_binary_kd_is_bernoulli_kl():
     g = torch.Generator().manual_seed(2)
     s, t = torch.randn(2, 3, 7, generator=g), torch.randn(2, 3, 7, generator=g)
     ps, pt = s.sigmoid(), t.sigmoid()
-    ref = (pt * (pt / ps).log() + (1 - pt) * ((1 - pt) / (1 - ps)).log()).sum(1).mean()
-    assert torch.allclose(LOSSES.get("binary_kd")(temperature=1.0)(s, t), ref, atol=1e-5)
+    kl = (pt * (pt / ps).log() + (1 - pt) * ((1 - pt) / (1 - ps)).log()).sum(1)
+    assert torch.allclose(LOSSES.get("binary_kd")(normalize="mean")(s, t), kl.mean(), atol=1e-5)
+    ref = kl.sum() / pt.amax(1).sum().clamp(min=1)  # normalised like YOLO's BCE: by the teacher's positives
+    assert torch.allclose(LOSSES.get("binary_kd")()(s, t), ref, atol=1e-5)
+
+
+def test_binary_kd_scale_does_not_shrink_with_background_anchors():
+    g = torch.Generator().manual_seed(9)
+    obj_s, obj_t = torch.randn(1, 3, 10, generator=g) + 3, torch.randn(1, 3, 10, generator=g) + 3
+    bg = torch.full((1, 3, 1000), -8.0)  # confident background, equal in both
+    small = LOSSES.get("binary_kd")()(obj_s, obj_t)
+    large = LOSSES.get("binary_kd")()(torch.cat([obj_s, bg], 2), torch.cat([obj_t, bg], 2))
+    assert torch.allclose(small, large, rtol=0.05), "background anchors must not dilute the term"
 
 
 def test_logit_kl_matches_torch_kl_div_times_t2():
@@ -67,7 +78,7 @@ def test_confidence_weighting_focuses_on_weighted_anchors():
     g = torch.Generator().manual_seed(4)
     s, t = torch.randn(1, 4, 2, generator=g), torch.randn(1, 4, 2, generator=g)
     s[..., 1] = t[..., 1]  # anchor 1 agrees, anchor 0 does not
-    loss_fn = LOSSES.get("binary_kd")(conf_weighted=True)
+    loss_fn = LOSSES.get("binary_kd")(normalize="mean", conf_weighted=True)
     only_agreeing = loss_fn(s, t, weight=torch.tensor([[0.0, 1.0]]))
     only_disagreeing = loss_fn(s, t, weight=torch.tensor([[1.0, 0.0]]))
     assert only_agreeing.item() < 1e-6 < only_disagreeing.item()

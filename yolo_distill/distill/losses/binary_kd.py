@@ -1,9 +1,10 @@
 """Binary (per-class sigmoid) logit distillation, the form that fits YOLO's BCE classification.
 
-loss = T^2 * sum_c [p_t log(p_t / p_s) + (1 - p_t) log((1 - p_t) / (1 - p_s))], p = sigmoid(logit / T): the
-Bernoulli KL per class, summed over classes and averaged over anchors (optionally weighted by teacher confidence).
-Used for dense detectors e.g. in "Distilling Object Detectors via Decoupled Features" and LD's classification KD.
-Shapes: student and teacher class logits (B, C, A).
+KL_a = T^2 * sum_c [p_t log(p_t / p_s) + (1 - p_t) log((1 - p_t) / (1 - p_s))], p = sigmoid(logit / T): the
+Bernoulli KL per class, summed over classes. Reduced like YOLO's own classification loss (``normalize="teacher"``):
+loss = sum_a KL_a / max(sum_a max_c p_t, 1), i.e. normalised by the teacher's soft count of positives, so the term
+has the scale of the detection loss however many background anchors there are; or averaged over anchors
+(``normalize="mean"``, optionally weighted by teacher confidence). Shapes: student and teacher logits (B, C, A).
 """
 
 from __future__ import annotations
@@ -23,16 +24,19 @@ class BinaryKD(KDLoss):
 
     Args:
         temperature: softening temperature T > 0.
-        conf_weighted: weight each anchor by the teacher's max class probability.
+        normalize: ``teacher`` (sum over anchors / teacher's soft positive count) or ``mean`` (over anchors).
+        conf_weighted: with ``normalize="mean"``, weight each anchor by the teacher's max class probability.
     """
 
+    inputs: ClassVar[str] = "scores"
     label: ClassVar[str] = "bkd"
 
-    inputs: ClassVar[str] = "scores"
-
-    def __init__(self, temperature: float = 1.0, conf_weighted: bool = False) -> None:
+    def __init__(self, temperature: float = 1.0, normalize: str = "teacher", conf_weighted: bool = False) -> None:
         super().__init__()
+        if normalize not in ("teacher", "mean"):
+            raise ValueError(f"binary_kd normalize must be 'teacher' or 'mean', got {normalize!r}")
         self.temperature = float(temperature)
+        self.normalize = normalize
         self.conf_weighted = bool(conf_weighted)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, **ctx: torch.Tensor) -> torch.Tensor:
@@ -44,4 +48,6 @@ class BinaryKD(KDLoss):
             tt, pt, reduction="none"
         )
         per_anchor = kl.sum(dim=1) * t * t  # (B, A)
+        if self.normalize == "teacher":
+            return per_anchor.sum() / teacher.sigmoid().amax(dim=1).sum().clamp(min=1.0)
         return weighted_mean(per_anchor, ctx.get("weight") if self.conf_weighted else None)
