@@ -65,3 +65,18 @@ def test_step_cost_table_has_all_configs(ckpt_factory, capsys):
                   memory=False)  # fmt: skip
     assert all(res[c]["median_s"] > 0 for c in ("plain", "ours", "native"))
     assert res["ours_vs_native_time"] > 0 and "ours / native" in capsys.readouterr().out
+
+
+def test_cache_key_follows_recipe_contents(monkeypatch):
+    from yolo_distill.config import load_distill_recipe
+
+    row, settings = {"name": "s", "kind": "train", "teacher": "@t", "recipe": "cwd"}, {"imgsz": 64}
+    k1 = runner._key(row, settings)
+    assert runner._key(dict(row), settings) == k1
+    edited = load_distill_recipe("cwd")
+    edited.losses[0].weight = 2.0
+    monkeypatch.setattr("yolo_distill.config.load_distill_recipe", lambda r: edited)
+    assert runner._key(row, settings) != k1
+    assert runner._key({"name": "t", "kind": "train", "teacher": None}, settings) == runner._key(
+        {"name": "t", "kind": "train", "teacher": None}, settings
+    )

@@ -19,9 +19,15 @@ SETTINGS = ("data", "imgsz", "epochs", "batch", "seed", "export_imgsz", "device"
 
 
 def _key(row: dict, settings: dict) -> str:
+    """Cache key: the row, the bench settings, the package version and, for KD rows, the recipe's contents."""
     from yolo_distill import __version__
 
-    blob = json.dumps({"row": row, "settings": settings, "version": __version__}, sort_keys=True)
+    spec = dict(row)
+    if row.get("teacher"):  # editing a recipe file must rerun the rows that use it
+        from yolo_distill.config import load_distill_recipe
+
+        spec["recipe_resolved"] = load_distill_recipe(row.get("recipe", "default")).to_dict()
+    blob = json.dumps({"row": spec, "settings": settings, "version": __version__}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
