@@ -80,3 +80,11 @@ def test_cache_key_follows_recipe_contents(monkeypatch):
     assert runner._key({"name": "t", "kind": "train", "teacher": None}, settings) == runner._key(
         {"name": "t", "kind": "train", "teacher": None}, settings
     )
+
+
+def test_shipped_bench_recipes_validate():
+    from yolo_distill.config import CONFIG_ROOT, load_yaml
+
+    for path in sorted((CONFIG_ROOT / "bench").glob("*.yaml")):
+        settings, rows = runner._validate(load_yaml(path), str(path))
+        assert rows and all(r["kind"] in runner.ROW_KINDS for r in rows), path.name
