@@ -7,6 +7,7 @@ import shutil
 
 import onnxruntime as ort
 import pytest
+import torch
 
 from tests.conftest import FAMILIES
 from yolo_distill.export.onnx import export_checkpoint
@@ -90,3 +91,26 @@ def test_interleaved_latency_comparison(tmp_path, tiny_data, ckpt_factory):
                           data=str(tiny_data), validate=False).onnx  # fmt: skip
     res = compare_onnx([a, b], np.zeros((1, 3, 64, 64), np.float32), runs=3)
     assert set(res) == {a, b} and all(v["runs"] == 3 and v["median"] > 0 for v in res.values())
+
+
+def test_parity_falls_back_to_an_fp64_reference_and_still_catches_a_wrong_graph(tmp_path, tiny_data, ckpt_factory):
+    import numpy as np
+
+    from yolo_distill.checkpoints import load_model
+    from yolo_distill.export.onnx import check_parity
+
+    ckpt = shutil.copy(ckpt_factory("yolo11n.yaml"), tmp_path / "m.pt")
+    r = export_checkpoint(ckpt, imgsz=64, data=str(tiny_data), runs=2, validate=False)
+    ref = load_model(ckpt).fuse().eval()
+    x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
+    p = check_parity(ref, r.onnx, x, False, 0.0, 0.0, fp64_model=load_model(ckpt).fuse().eval().double())
+    assert p.judged_by == "fp64 reference" and p.fp32_noise_box is not None and p.onnx_vs_fp64_box is not None
+    from yolo_distill.checkpoints import save_stock_checkpoint
+
+    m = load_model(ckpt)
+    with torch.no_grad():
+        m.model[-1].cv3[0][-1].bias += 8.0  # a different model: its class scores on the first level shift
+    other = export_checkpoint(save_stock_checkpoint(m, tmp_path / "o.pt"), imgsz=64, runs=2, data=str(tiny_data),
+                              validate=False, score_tol=1.0, box_tol=1.0)  # fmt: skip
+    wrong = check_parity(ref, other.onnx, x, False, 1e-4, 1e-3, fp64_model=load_model(ckpt).fuse().eval().double())
+    assert not wrong.ok, "a different model must never pass parity"
