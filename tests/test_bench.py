@@ -43,6 +43,7 @@ def test_mini_bench_report_and_resume(tmp_path, monkeypatch, tiny_data):
         assert f"| {name} |" in report
     assert all((tmp_path / "b" / f).stat().st_size > 0 for f in ("map_vs_gflops.png", "map_vs_latency.png"))
     rows = {r["name"]: r for r in res["rows"]}
+    assert all(r["parity_ok"] for r in rows.values())
     assert rows["pruned_noft"]["params"] < rows["teacher"]["params"]
     assert rows["pruned_noft"]["gflops"] <= 0.5 * rows["teacher"]["gflops"] * 1.01
     assert rows["student_kd"]["int8_ms"] > 0
@@ -88,3 +89,16 @@ def test_shipped_bench_recipes_validate():
     for path in sorted((CONFIG_ROOT / "bench").glob("*.yaml")):
         settings, rows = runner._validate(load_yaml(path), str(path))
         assert rows and all(r["kind"] in runner.ROW_KINDS for r in rows), path.name
+
+
+def test_finished_training_is_reused_not_rerun(tmp_path, monkeypatch):
+    """A bench killed after a row's training but before caching it picks the finished run up again."""
+    run = tmp_path / "runs" / "teacher"
+    (run / "weights").mkdir(parents=True)
+    (run / "weights" / "best.pt").write_bytes(b"x")
+    (run / "results.csv").write_text("epoch,time\n1,1.0\n2,2.0\n")
+    assert runner._finished_run(run, 2) == run / "weights" / "best.pt"
+    assert runner._finished_run(run, 3) is None, "an unfinished run must be trained again"
+    monkeypatch.setattr("yolo_distill.api.distill", lambda *a, **k: pytest.fail("retrained a finished row"))
+    got = runner._train_row({"name": "teacher"}, {"data": "x"}, {}, "m.yaml", 2, {"project": str(tmp_path / "runs")})
+    assert got == run

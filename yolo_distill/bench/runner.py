@@ -52,75 +52,98 @@ def _resolve(v: Any, done: dict[str, dict]) -> Any:
     return done[v[1:]]["checkpoint"] if isinstance(v, str) and v.startswith("@") else v
 
 
-def _run_row(row: dict, s: dict, done: dict[str, dict], out: Path) -> dict:
+def _finished_run(run_dir: Path, epochs: int) -> Path | None:
+    """``best.pt`` of a run in ``run_dir`` that trained all ``epochs`` (a bench killed after training), else None."""
+    import csv
+
+    best, results = run_dir / "weights" / "best.pt", run_dir / "results.csv"
+    if not (best.is_file() and results.is_file()):
+        return None
+    with open(results) as f:
+        return best if len(list(csv.DictReader(f))) >= epochs else None
+
+
+def _train_row(row: dict, s: dict, done: dict[str, dict], model: str, epochs: int, common: dict) -> Path:
+    """Train the row (or reuse its finished run) and return the run folder."""
     from yolo_distill.api import distill
+
+    run_dir = Path(common["project"]) / row["name"]
+    if _finished_run(run_dir, epochs):
+        print(f"bench: {row['name']}: training already finished in {run_dir}; reusing it")
+        return run_dir
+    if "distill_model" in row:  # the baseline: Ultralytics' own trainer with its native distillation
+        from ultralytics.models.yolo.detect import DetectionTrainer
+
+        from yolo_distill.offline import ensure_font
+
+        ensure_font()
+        tr = DetectionTrainer(overrides=dict(model=model, data=s["data"], epochs=epochs, name=row["name"],
+                                             distill_model=_resolve(row["distill_model"], done), **common))  # fmt: skip
+        tr.train()
+    else:
+        tr = distill(model, s["data"], teacher=_resolve(row.get("teacher"), done), recipe=row.get("recipe", "default"),
+                     epochs=epochs, name=row["name"], **common)  # fmt: skip
+    return Path(tr.save_dir)
+
+
+def _run_row(row: dict, s: dict, done: dict[str, dict], out: Path) -> dict:
+    import csv
+
+    from ultralytics import YOLO
+
     from yolo_distill.checkpoints import load_model
-    from yolo_distill.export.onnx import export_checkpoint
+    from yolo_distill.export.onnx import ParityError, export_checkpoint
     from yolo_distill.prune.pruner import model_stats, prune_checkpoint
 
+    # exist_ok: run folders are the bench's own, named by row, so a finished training can be found and reused
     common = dict(imgsz=s.get("imgsz", 256), batch=s.get("batch", 16), seed=s.get("seed", 0), workers=0, amp=False,
-                  plots=False, project=str((out / "runs").resolve()), device=s.get("device", "cpu"))  # fmt: skip
+                  plots=False, project=str((out / "runs").resolve()), device=s.get("device", "cpu"),
+                  exist_ok=True)  # fmt: skip
     t0 = time.time()
     res: dict[str, Any] = {"name": row["name"], "kind": row["kind"]}
-    if row["kind"] in ("train", "prune"):
-        model = _resolve(row.get("model") or row.get("from"), done)
-        if row["kind"] == "prune":
-            dst = out / "pruned" / f"{row['name']}.pt"
-            if dst.exists():
-                dst.unlink()  # a stale output of a killed row: not a user's file
-            dst.with_name(f"{dst.stem}_report.json").unlink(missing_ok=True)
-            gflops = row.get("gflops")
-            if "gflops_ratio" in row:  # a target relative to the source model, at the bench imgsz
-                gflops = row["gflops_ratio"] * model_stats(load_model(model), common["imgsz"])["gflops"]
-            prune_checkpoint(model, ratio=row.get("ratio", 0.5), gflops=gflops, protect=row.get("protect"),
-                             method=row.get("method", "l1"), scope=row.get("scope", "all"), out=str(dst),
-                             imgsz=common["imgsz"], data=s["data"])  # fmt: skip
-            model = str(dst)
-        epochs = row.get("epochs", s.get("epochs", 10))
-        if epochs:
-            if "distill_model" in row:  # the baseline: Ultralytics' own trainer with its native distillation
-                from ultralytics.models.yolo.detect import DetectionTrainer
-
-                from yolo_distill.offline import ensure_font
-
-                ensure_font()
-                tr = DetectionTrainer(
-                    overrides=dict(
-                        model=model,
-                        data=s["data"],
-                        epochs=epochs,
-                        name=row["name"],
-                        distill_model=_resolve(row["distill_model"], done),
-                        **common,
-                    )
-                )
-                tr.train()
-            else:
-                teacher = _resolve(row.get("teacher"), done)
-                tr = distill(model, s["data"], teacher=teacher, recipe=row.get("recipe", "default"), epochs=epochs,
-                             name=row["name"], **common)  # fmt: skip
-            res["checkpoint"] = str(tr.best)
-            res["map50_95"] = float(tr.metrics.get("metrics/mAP50-95(B)", float("nan")))
-            res["map50"] = float(tr.metrics.get("metrics/mAP50(B)", float("nan")))
-            import csv
-
-            with open(Path(tr.save_dir) / "results.csv") as f:
-                res["curve"] = [float(r["metrics/mAP50-95(B)"]) for r in csv.DictReader(f)]
-        else:
-            from ultralytics import YOLO
-
-            m = YOLO(model).val(data=s["data"], imgsz=common["imgsz"], batch=common["batch"], plots=False)
-            res.update(checkpoint=model, map50_95=float(m.box.map), map50=float(m.box.map50))
-        st = model_stats(load_model(res["checkpoint"]), common["imgsz"])
-        res.update(params=st["params"], gflops=st["gflops"])
-        for f in Path(res["checkpoint"]).parent.glob(f"{Path(res['checkpoint']).stem}*.onnx"):
-            f.unlink()  # our own previous export of this row's checkpoint
-        Path(res["checkpoint"]).with_name(f"{Path(res['checkpoint']).stem}_export.json").unlink(missing_ok=True)
-        rep = export_checkpoint(res["checkpoint"], imgsz=s.get("export_imgsz", common["imgsz"]), data=s["data"],
-                                runs=20, validate=False, int8=bool(row.get("int8")))  # fmt: skip
-        res["onnx_ms"] = rep.latency_ms["onnx_fp32"]["median"]
-        res["torch_ms"] = rep.latency_ms["torch_fp32"]["median"]
-        res["int8_ms"] = rep.latency_ms.get("onnx_int8", {}).get("median")
+    model = _resolve(row.get("model") or row.get("from"), done)
+    if row["kind"] == "prune":
+        dst = out / "pruned" / f"{row['name']}.pt"
+        dst.unlink(missing_ok=True)  # a stale output of a killed row: the bench's own file
+        dst.with_name(f"{dst.stem}_report.json").unlink(missing_ok=True)
+        gflops = row.get("gflops")
+        if "gflops_ratio" in row:  # a target relative to the source model, at the bench imgsz
+            gflops = row["gflops_ratio"] * model_stats(load_model(model), common["imgsz"])["gflops"]
+        prune_checkpoint(model, ratio=row.get("ratio", 0.5), gflops=gflops, protect=row.get("protect"),
+                         method=row.get("method", "l1"), scope=row.get("scope", "all"), out=str(dst),
+                         imgsz=common["imgsz"], data=s["data"],
+                         allocation=row.get("allocation", "uniform"))  # fmt: skip
+        model = str(dst)
+    epochs = row.get("epochs", s.get("epochs", 10))
+    if epochs:
+        run_dir = _train_row(row, s, done, model, epochs, common)
+        res["checkpoint"] = str(run_dir / "weights" / "best.pt")
+        with open(run_dir / "results.csv") as f:
+            rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(f)]
+        res["curve"] = [float(r["metrics/mAP50-95(B)"]) for r in rows]
+        res["train_seconds"] = float(rows[-1]["time"])
+    else:
+        res["checkpoint"] = model
+    m = YOLO(res["checkpoint"]).val(data=s["data"], imgsz=common["imgsz"], batch=common["batch"], plots=False,
+                                    device=common["device"], verbose=False)  # fmt: skip
+    res.update(map50_95=float(m.box.map), map50=float(m.box.map50))
+    st = model_stats(load_model(res["checkpoint"]), common["imgsz"])
+    res.update(params=st["params"], gflops=st["gflops"])
+    ckpt = Path(res["checkpoint"])
+    for f in ckpt.parent.glob(f"{ckpt.stem}*.onnx"):
+        f.unlink()  # the bench's own previous export of this row's checkpoint
+    json_path = ckpt.with_name(f"{ckpt.stem}_export.json")
+    json_path.unlink(missing_ok=True)
+    try:
+        rep = export_checkpoint(str(ckpt), imgsz=s.get("export_imgsz", common["imgsz"]), data=s["data"], runs=20,
+                                validate=False, int8=bool(row.get("int8")))  # fmt: skip
+        lat, res["parity_ok"] = rep.latency_ms, True
+    except ParityError as e:  # recorded in the row, not fatal to the bench
+        print(f"bench: {row['name']}: {e}")
+        lat, res["parity_ok"] = json.loads(json_path.read_text())["latency_ms"], False
+    res["onnx_ms"] = lat["onnx_fp32"]["median"]
+    res["torch_ms"] = lat["torch_fp32"]["median"]
+    res["int8_ms"] = lat.get("onnx_int8", {}).get("median")
     res["seconds"] = time.time() - t0
     return res
 
