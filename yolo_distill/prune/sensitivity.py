@@ -71,6 +71,8 @@ def allocate(result: dict, max_drop: float, cap: float = 0.8) -> dict[int, float
 def write(result: dict, out_dir: Path) -> None:
     """``sensitivity.csv`` (layer x ratio table), ``sensitivity.json`` and ``sensitivity.png`` (drop vs ratio)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    drops = {int(i): {float(r): float(v) for r, v in d.items()} for i, d in result["drops"].items()}
+    result = {**result, "drops": drops}  # also accepts a result read back from sensitivity.json (string keys)
     (out_dir / "sensitivity.json").write_text(json.dumps(result, indent=2))
     ratios = sorted({float(r) for d in result["drops"].values() for r in d})
     with open(out_dir / "sensitivity.csv", "w", newline="") as f:
@@ -84,8 +86,9 @@ def write(result: dict, out_dir: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for i, d in result["drops"].items():
-        ax.plot(ratios, [d[r] for r in ratios], marker="o", label=f"layer {i}")
+    for k, (i, d) in enumerate(result["drops"].items()):
+        style = "-" if k < 10 else "--"
+        ax.plot(ratios, [d[r] for r in ratios], style, marker="o", color=plt.cm.tab20(k % 20), label=f"layer {i}")
     ax.set_xlabel("channel ratio removed (this layer only)")
     ax.set_ylabel(f"mAP50-95 drop (base {result['base']:.3f})")
     ax.legend(fontsize=6, ncol=2)
