@@ -114,3 +114,17 @@ def test_parity_falls_back_to_an_fp64_reference_and_still_catches_a_wrong_graph(
                               validate=False, score_tol=1.0, box_tol=1.0)  # fmt: skip
     wrong = check_parity(ref, other.onnx, x, False, 1e-4, 1e-3, fp64_model=load_model(ckpt).fuse().eval().double())
     assert not wrong.ok, "a different model must never pass parity"
+
+
+def test_int8_head_modes_exclude_the_right_nodes(tmp_path, tiny_data, ckpt_factory):
+    import onnx
+
+    from yolo_distill.export.quantize import head_nodes
+
+    r = export_checkpoint(shutil.copy(ckpt_factory("yolo11n.yaml"), tmp_path / "m.pt"), imgsz=64, runs=2,
+                          data=str(tiny_data), validate=False)  # fmt: skip
+    ops = {n.name: n.op_type for n in onnx.load(r.onnx).graph.node}
+    whole, decode = set(head_nodes(r.onnx)), set(head_nodes(r.onnx, convs=False))
+    assert decode < whole, "decode-only keeps fewer nodes in fp32"
+    assert any(ops[n] == "Conv" for n in whole - decode), "the head's convolutions are quantized in decode mode"
+    assert all(ops[n] != "Conv" or "/dfl/" in n for n in decode)
