@@ -206,7 +206,11 @@ def write_report(table: list[dict], out_dir: Path, recipe_name: str) -> Path:
     lines = [
         f"# Benchmark `{recipe_name}`",
         "",
-        "| row | params | GFLOPs | mAP50 | mAP50-95 | ONNX ms | INT8 ms | PyTorch ms | time s | seeds |",
+        "Latency columns are measured per row, one row after another: compare them only for rows that ran on an idle",
+        "machine, or use `yolo_distill.export.latency.compare_onnx` for side-by-side ratios. Train s: training time",
+        "of the row (a resumed row keeps the time of the run that trained it).",
+        "",
+        "| row | params | GFLOPs | mAP50 | mAP50-95 | ONNX ms | INT8 ms | PyTorch ms | train s | seeds |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     summary = []
@@ -218,7 +222,7 @@ def write_report(table: list[dict], out_dir: Path, recipe_name: str) -> Path:
         r0 = rs[0]
         int8 = f"{r0['int8_ms']:.2f}" if r0.get("int8_ms") else "-"
         pt = f"{r0['torch_ms']:.1f}" if r0.get("torch_ms") else "-"
-        secs = statistics.fmean(r["seconds"] for r in rs)
+        secs = statistics.fmean(r.get("train_seconds", r["seconds"]) for r in rs)
         lines.append(
             f"| {n} | {r0['params']:,} | {r0['gflops']:.2f} | {statistics.fmean(r['map50'] for r in rs):.4f} | "
             f"{mean:.4f}{spread} | {r0['onnx_ms']:.2f} | {int8} | {pt} | {secs:.0f} "
