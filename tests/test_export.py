@@ -103,7 +103,7 @@ def test_parity_falls_back_to_an_fp64_reference_and_still_catches_a_wrong_graph(
     r = export_checkpoint(ckpt, imgsz=64, data=str(tiny_data), runs=2, validate=False)
     ref = load_model(ckpt).fuse().eval()
     x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
-    p = check_parity(ref, r.onnx, x, False, 0.0, 0.0, fp64_model=load_model(ckpt).fuse().eval().double())
+    p = check_parity(ref, r.onnx, x, False, 0.0, 0.0, fp64_factory=lambda: load_model(ckpt).fuse().eval().double())
     assert p.judged_by == "fp64 reference" and p.fp32_noise_box is not None and p.onnx_vs_fp64_box is not None
     from yolo_distill.checkpoints import save_stock_checkpoint
 
@@ -112,7 +112,9 @@ def test_parity_falls_back_to_an_fp64_reference_and_still_catches_a_wrong_graph(
         m.model[-1].cv3[0][-1].bias += 8.0  # a different model: its class scores on the first level shift
     other = export_checkpoint(save_stock_checkpoint(m, tmp_path / "o.pt"), imgsz=64, runs=2, data=str(tiny_data),
                               validate=False, score_tol=1.0, box_tol=1.0)  # fmt: skip
-    wrong = check_parity(ref, other.onnx, x, False, 1e-4, 1e-3, fp64_model=load_model(ckpt).fuse().eval().double())
+    wrong = check_parity(
+        ref, other.onnx, x, False, 1e-4, 1e-3, fp64_factory=lambda: load_model(ckpt).fuse().eval().double()
+    )
     assert not wrong.ok, "a different model must never pass parity"
 
 

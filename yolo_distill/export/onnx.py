@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -143,14 +144,15 @@ def check_parity(
     score_tol: float,
     box_tol: float,
     threads: int = 2,
-    fp64_model: torch.nn.Module | None = None,
+    fp64_factory: Callable[[], torch.nn.Module] | None = None,
 ) -> Parity:
     """Run ``images`` through PyTorch and ONNX Runtime and compare raw outputs and final detections.
 
-    The raw outputs agree when their max abs differences are within ``score_tol`` and ``box_tol``. When they are not
-    and ``fp64_model`` (the same model in float64) is given, they still agree if ONNX Runtime is within twice
-    PyTorch-fp32's own distance from the fp64 outputs: a difference inside fp32's rounding noise (which grows with
-    box coordinates times stride at large ``imgsz``) is not a disagreement. Detections must always match.
+    The raw outputs agree when their max abs differences are within ``score_tol`` and ``box_tol``. When they are
+    not and ``fp64_factory`` is given (it builds the same model in float64, and is only called then), they still
+    agree if ONNX Runtime is within twice PyTorch-fp32's own distance from the fp64 outputs: a difference inside
+    fp32's rounding noise (which grows with box coordinates times stride at large ``imgsz``) is not a
+    disagreement. Detections must always match.
     """
     import onnxruntime as ort
 
@@ -159,12 +161,14 @@ def check_parity(
     sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     mb, ms, n_t, n_o, n_m = 0.0, 0.0, 0, 0, 0
+    outputs = []  # (torch fp32, onnx) per image, reused by the fp64 judgement
     for i in range(len(images)):
         x = images[i : i + 1]
         with torch.no_grad():
             yt = torch_model(torch.from_numpy(x))
         yt = (yt[0] if isinstance(yt, (tuple, list)) else yt).float().numpy()
         yo = sess.run(None, {name: x})[0]
+        outputs.append((yt, yo))
         bt, st = _split_output(yt, end2end)
         bo, so_ = _split_output(yo, end2end)
         mb, ms = max(mb, float(np.abs(bt - bo).max())), max(ms, float(np.abs(st - so_).max()))
@@ -172,16 +176,13 @@ def check_parity(
         n_t, n_o, n_m = n_t + len(dt), n_o + len(do), n_m + _match(dt, do)
     dets_ok = n_t == n_o == n_m
     par = Parity(len(images), mb, ms, n_t, n_o, n_m, ms <= score_tol and mb <= box_tol and dets_ok)
-    if not par.ok and dets_ok and fp64_model is not None and np.isfinite(box_tol):
+    if not par.ok and dets_ok and fp64_factory is not None and np.isfinite(box_tol):
+        fp64_model = fp64_factory()
         nb = ns = ob = os_ = 0.0
-        for i in range(len(images)):
-            x = images[i : i + 1]
+        for i, (yt, yo) in enumerate(outputs):
             with torch.no_grad():
-                y64 = fp64_model(torch.from_numpy(x).double())
-                yt = torch_model(torch.from_numpy(x))
+                y64 = fp64_model(torch.from_numpy(images[i : i + 1]).double())
             y64 = (y64[0] if isinstance(y64, (tuple, list)) else y64).numpy()
-            yt = (yt[0] if isinstance(yt, (tuple, list)) else yt).float().numpy()
-            yo = sess.run(None, {name: x})[0]
             (b64, s64), (bt, st), (bo, so_) = (_split_output(y, end2end) for y in (y64, yt, yo))
             nb, ns = max(nb, float(np.abs(bt - b64).max())), max(ns, float(np.abs(st - s64).max()))
             ob, os_ = max(ob, float(np.abs(bo - b64).max())), max(os_, float(np.abs(so_ - s64).max()))
@@ -243,6 +244,7 @@ def export_checkpoint(
     from ultralytics import YOLO
 
     from yolo_distill.checkpoints import load_model
+    from yolo_distill.data.builtin import resolve_data
 
     if format != "onnx":
         raise ValueError(
@@ -287,8 +289,10 @@ def export_checkpoint(
     batch = letterbox_images(images[:parity_images], imgsz) if images else np.random.rand(2, 3, imgsz, imgsz)
     batch = batch.astype(np.float32)
     ref = load_model(ckpt).fuse().eval()
-    ref64 = load_model(ckpt).fuse().eval().double()
-    parity = check_parity(ref, onnx_path, batch, end2end, score_tol, box_tol, threads, fp64_model=ref64)
+    parity = check_parity(
+        ref, onnx_path, batch, end2end, score_tol, box_tol, threads,
+        fp64_factory=lambda: load_model(ckpt).fuse().eval().double(),
+    )  # fmt: skip
     report = ExportReport(str(ckpt), str(onnx_path), imgsz, parity, precision="fp16" if half else "fp32")
     x1 = batch[:1]
     key = "onnx_fp16" if half else "onnx_fp32"
@@ -305,7 +309,7 @@ def export_checkpoint(
             if path is None:
                 continue
             m = YOLO(str(path), task="detect").val(
-                data=str(Path(_resolve(data))), imgsz=imgsz, batch=1, device="cpu", plots=False, verbose=False
+                data=resolve_data(data), imgsz=imgsz, batch=1, device="cpu", plots=False, verbose=False
             )
             report.map50_95[k], report.map50[k] = float(m.box.map), float(m.box.map50)
     out_json.write_text(json.dumps(asdict(report), indent=2))
@@ -324,12 +328,6 @@ def export_checkpoint(
             f"{parity.detections_onnx} ({parity.detections_matched} matched); see {out_json}"
         )
     return report
-
-
-def _resolve(data: str) -> str:
-    from yolo_distill.data.builtin import resolve_data
-
-    return resolve_data(data)
 
 
 def _print(r: ExportReport) -> None:
