@@ -9,7 +9,18 @@ from typing import Any
 
 import yaml
 
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
+
+def _config_root() -> Path:
+    """``configs/`` of a source checkout (editable install), else the copy a wheel ships as ``yolo_distill/configs``."""
+    here = Path(__file__).resolve().parent
+    for root in (here.parent / "configs", here / "configs"):
+        if (root / "distill").is_dir():
+            return root
+    raise FileNotFoundError(f"yolo_distill's recipes are missing (looked in {here.parent / 'configs'} and "
+                            f"{here / 'configs'}); reinstall the package")  # fmt: skip
+
+
+CONFIG_ROOT = _config_root()
 SCHEDULES = ("constant", "linear_warmup", "cosine_warmup", "linear_decay", "cosine_decay")
 
 

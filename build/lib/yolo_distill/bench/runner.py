@@ -1,0 +1,259 @@
+"""Benchmark runner: rows of train / prune / export runs with one seed and budget, cached and resumable.
+
+A row is recomputed only when its spec, the bench settings or the yolo_distill version change; ``results.json``
+is written after every row, so a killed bench continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from yolo_distill.config import find_recipe, load_yaml
+
+ROW_KINDS = ("train", "prune", "export")
+SETTINGS = ("data", "imgsz", "epochs", "batch", "seed", "export_imgsz", "device")
+
+
+def _key(row: dict, settings: dict) -> str:
+    """Cache key: the row, the bench settings, the package version and, for KD rows, the recipe's contents."""
+    from yolo_distill import __version__
+
+    spec = dict(row)
+    if row.get("teacher"):  # editing a recipe file must rerun the rows that use it
+        from yolo_distill.config import load_distill_recipe
+
+        spec["recipe_resolved"] = load_distill_recipe(row.get("recipe", "default")).to_dict()
+    blob = json.dumps({"row": spec, "settings": settings, "version": __version__}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _validate(recipe: dict, where: str) -> tuple[dict, list[dict]]:
+    unknown = sorted(set(recipe) - set(SETTINGS) - {"rows", "description", "repeats"})
+    if unknown:
+        raise KeyError(f"{where}: unknown key(s) {unknown}; valid: {sorted(SETTINGS + ('rows', 'repeats'))}")
+    rows = recipe.get("rows") or []
+    names = set()
+    for i, r in enumerate(rows):
+        if r.get("kind") not in ROW_KINDS or "name" not in r:
+            raise ValueError(f"{where}: rows[{i}] needs a name and kind in {ROW_KINDS}")
+        for ref in ("teacher", "from"):
+            if isinstance(r.get(ref), str) and r[ref].startswith("@") and r[ref][1:] not in names:
+                raise ValueError(f"{where}: rows[{i}] refers to {r[ref]} before it is defined")
+        names.add(r["name"])
+    settings = {k: recipe.get(k) for k in SETTINGS if k in recipe}
+    return settings, rows
+
+
+def _resolve(v: Any, done: dict[str, dict]) -> Any:
+    return done[v[1:]]["checkpoint"] if isinstance(v, str) and v.startswith("@") else v
+
+
+def _finished_run(run_dir: Path, epochs: int) -> Path | None:
+    """``best.pt`` of a run in ``run_dir`` that trained all ``epochs`` (a bench killed after training), else None."""
+    import csv
+
+    best, results = run_dir / "weights" / "best.pt", run_dir / "results.csv"
+    if not (best.is_file() and results.is_file()):
+        return None
+    with open(results) as f:
+        return best if len(list(csv.DictReader(f))) >= epochs else None
+
+
+def _train_row(row: dict, s: dict, done: dict[str, dict], model: str, epochs: int, common: dict) -> Path:
+    """Train the row (or reuse its finished run) and return the run folder."""
+    from yolo_distill.api import distill
+
+    run_dir = Path(common["project"]) / row["name"]
+    if _finished_run(run_dir, epochs):
+        print(f"bench: {row['name']}: training already finished in {run_dir}; reusing it")
+        return run_dir
+    if "distill_model" in row:  # the baseline: Ultralytics' own trainer with its native distillation
+        from ultralytics.models.yolo.detect import DetectionTrainer
+
+        from yolo_distill.offline import ensure_font
+
+        ensure_font()
+        tr = DetectionTrainer(overrides=dict(model=model, data=s["data"], epochs=epochs, name=row["name"],
+                                             distill_model=_resolve(row["distill_model"], done), **common))  # fmt: skip
+        tr.train()
+    else:
+        tr = distill(model, s["data"], teacher=_resolve(row.get("teacher"), done), recipe=row.get("recipe", "default"),
+                     epochs=epochs, name=row["name"], **common)  # fmt: skip
+    return Path(tr.save_dir)
+
+
+def _run_row(row: dict, s: dict, done: dict[str, dict], out: Path) -> dict:
+    import csv
+
+    from ultralytics import YOLO
+
+    from yolo_distill.checkpoints import load_model
+    from yolo_distill.export.onnx import ParityError, export_checkpoint
+    from yolo_distill.prune.pruner import model_stats, prune_checkpoint
+
+    # exist_ok: run folders are the bench's own, named by row, so a finished training can be found and reused
+    common = dict(imgsz=s.get("imgsz", 256), batch=s.get("batch", 16), seed=s.get("seed", 0), workers=0, amp=False,
+                  plots=False, project=str((out / "runs").resolve()), device=s.get("device", "cpu"),
+                  exist_ok=True)  # fmt: skip
+    t0 = time.time()
+    res: dict[str, Any] = {"name": row["name"], "kind": row["kind"]}
+    model = _resolve(row.get("model") or row.get("from"), done)
+    if row["kind"] == "prune":
+        dst = out / "pruned" / f"{row['name']}.pt"
+        dst.unlink(missing_ok=True)  # a stale output of a killed row: the bench's own file
+        dst.with_name(f"{dst.stem}_report.json").unlink(missing_ok=True)
+        gflops = row.get("gflops")
+        if "gflops_ratio" in row:  # a target relative to the source model, at the bench imgsz
+            gflops = row["gflops_ratio"] * model_stats(load_model(model), common["imgsz"])["gflops"]
+        prune_checkpoint(model, ratio=row.get("ratio", 0.5), gflops=gflops, protect=row.get("protect"),
+                         method=row.get("method", "l1"), scope=row.get("scope", "all"), out=str(dst),
+                         imgsz=common["imgsz"], data=s["data"],
+                         allocation=row.get("allocation", "uniform"))  # fmt: skip
+        model = str(dst)
+    epochs = row.get("epochs", s.get("epochs", 10))
+    if epochs:
+        run_dir = _train_row(row, s, done, model, epochs, common)
+        res["checkpoint"] = str(run_dir / "weights" / "best.pt")
+        with open(run_dir / "results.csv") as f:
+            rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(f)]
+        res["curve"] = [float(r["metrics/mAP50-95(B)"]) for r in rows]
+        res["train_seconds"] = float(rows[-1]["time"])
+    else:
+        res["checkpoint"] = model
+    m = YOLO(res["checkpoint"]).val(data=s["data"], imgsz=common["imgsz"], batch=common["batch"], plots=False,
+                                    device=common["device"], verbose=False)  # fmt: skip
+    res.update(map50_95=float(m.box.map), map50=float(m.box.map50))
+    st = model_stats(load_model(res["checkpoint"]), common["imgsz"])
+    res.update(params=st["params"], gflops=st["gflops"])
+    ckpt = Path(res["checkpoint"])
+    for f in ckpt.parent.glob(f"{ckpt.stem}*.onnx"):
+        f.unlink()  # the bench's own previous export of this row's checkpoint
+    json_path = ckpt.with_name(f"{ckpt.stem}_export.json")
+    json_path.unlink(missing_ok=True)
+    try:
+        rep = export_checkpoint(str(ckpt), imgsz=s.get("export_imgsz", common["imgsz"]), data=s["data"], runs=20,
+                                validate=False, int8=bool(row.get("int8")))  # fmt: skip
+        lat, res["parity_ok"] = rep.latency_ms, True
+    except ParityError as e:  # recorded in the row, not fatal to the bench
+        print(f"bench: {row['name']}: {e}")
+        lat, res["parity_ok"] = json.loads(json_path.read_text())["latency_ms"], False
+    res["onnx_ms"] = lat["onnx_fp32"]["median"]
+    res["torch_ms"] = lat["torch_fp32"]["median"]
+    res["int8_ms"] = lat.get("onnx_int8", {}).get("median")
+    res["seconds"] = time.time() - t0
+    return res
+
+
+def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, seed: int | None = None,
+              device: str | None = None, report_only: bool = False) -> dict:  # fmt: skip
+    """Run (or continue) a benchmark recipe and write ``report.md``, ``results.json`` and plots.
+
+    Args:
+        recipe: a name under ``configs/bench`` or a YAML path.
+        out: output folder (default ``bench/<name>``).
+        repeats: override the recipe's repeats (seeds ``seed .. seed+repeats-1``).
+        seed: override the recipe's seed.
+        device: override the device.
+        report_only: run nothing; write the report from the rows already finished.
+    """
+    from yolo_distill.data.builtin import resolve_data
+
+    path = find_recipe(recipe, "bench")
+    raw = load_yaml(path)
+    settings, rows = _validate(raw, str(path))
+    if seed is not None:
+        settings["seed"] = seed
+    if device is not None:
+        settings["device"] = device
+    reps = int(repeats or raw.get("repeats", 1))
+    settings["data"] = resolve_data(settings.get("data", "shapes"))
+    out_dir = Path(out or Path("bench") / path.stem)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    res_file = out_dir / "results.json"
+    cache: dict[str, dict] = json.loads(res_file.read_text()) if res_file.exists() else {}
+    base_seed = settings.get("seed", 0)
+    table: list[dict] = []
+    for rep in range(reps):
+        s = {**settings, "seed": base_seed + rep}
+        done: dict[str, dict] = {}
+        for row in rows:
+            key = _key(row, s)
+            if key in cache and Path(cache[key].get("checkpoint", "")).exists():
+                print(f"bench: {row['name']} (seed {s['seed']}) cached")
+            elif report_only:
+                print(f"bench: {row['name']} (seed {s['seed']}) not run yet: left out of the report")
+                continue
+            else:
+                print(f"bench: running {row['name']} (seed {s['seed']})", flush=True)
+                cache[key] = _run_row(row, s, done, out_dir)
+                res_file.write_text(json.dumps(cache, indent=2))
+            done[row["name"]] = cache[key]
+            table.append({**cache[key], "seed": s["seed"]})
+            write_report(table, out_dir, path.name)  # after every row: a killed bench still has its report
+    write_report(table, out_dir, path.name)
+    return {"rows": table, "out": str(out_dir)}
+
+
+def write_report(table: list[dict], out_dir: Path, recipe_name: str) -> Path:
+    """``report.md`` (mean and spread over seeds) and ``map_vs_gflops.png`` / ``map_vs_latency.png``."""
+    import statistics
+
+    names = list(dict.fromkeys(r["name"] for r in table))
+    lines = [
+        f"# Benchmark `{recipe_name}`",
+        "",
+        "Latency columns are measured per row, one row after another: compare them only for rows that ran on an idle",
+        "machine, or use `yolo_distill.export.latency.compare_onnx` for side-by-side ratios. Train s: training time",
+        "of the row (a resumed row keeps the time of the run that trained it).",
+        "",
+        "| row | params | GFLOPs | mAP50 | mAP50-95 | ONNX ms | INT8 ms | PyTorch ms | train s | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    summary = []
+    for n in names:
+        rs = [r for r in table if r["name"] == n]
+        maps = [r["map50_95"] for r in rs]
+        mean = statistics.fmean(maps)
+        spread = f" ± {statistics.stdev(maps):.4f}" if len(maps) > 1 else ""
+        r0 = rs[0]
+        int8 = f"{r0['int8_ms']:.2f}" if r0.get("int8_ms") else "-"
+        pt = f"{r0['torch_ms']:.1f}" if r0.get("torch_ms") else "-"
+        secs = statistics.fmean(r.get("train_seconds", r["seconds"]) for r in rs)
+        lines.append(
+            f"| {n} | {r0['params']:,} | {r0['gflops']:.2f} | {statistics.fmean(r['map50'] for r in rs):.4f} | "
+            f"{mean:.4f}{spread} | {r0['onnx_ms']:.2f} | {int8} | {pt} | {secs:.0f} "
+            f"| {len(rs)} |"
+        )
+        summary.append((n, r0["gflops"], r0["onnx_ms"], mean, r0.get("curve", [])))
+    lines += ["", "![mAP vs GFLOPs](map_vs_gflops.png) ![mAP vs latency](map_vs_latency.png)", ""]
+    (out_dir / "report.md").write_text("\n".join(lines))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for fname, idx, xlabel in (("map_vs_gflops.png", 1, "GFLOPs"), ("map_vs_latency.png", 2, "ONNX FP32 ms")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for n, *vals in summary:
+            ax.scatter(vals[idx - 1], vals[2])
+            ax.annotate(n, (vals[idx - 1], vals[2]), fontsize=7)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("mAP50-95")
+        fig.tight_layout()
+        fig.savefig(out_dir / fname, dpi=100)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for n, *_, curve in summary:
+        if curve:
+            ax.plot(range(1, len(curve) + 1), curve, label=n)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val mAP50-95")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out_dir / "map_curves.png", dpi=100)
+    plt.close(fig)
+    return out_dir / "report.md"

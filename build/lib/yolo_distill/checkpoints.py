@@ -1,0 +1,54 @@
+"""Reading and writing stock Ultralytics checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def save_stock_checkpoint(model: nn.Module, path: str | Path, train_args: dict | None = None, **extra) -> Path:
+    """Write ``model`` as an Ultralytics checkpoint that ``YOLO(path)`` loads with no import of ours.
+
+    Args:
+        model: an Ultralytics DetectionModel (only Ultralytics and torch classes inside).
+        path: the ``*.pt`` to write; an existing file is never overwritten.
+        train_args: Ultralytics train arguments to record (``data``, ``imgsz``...).
+        **extra: more top-level keys (plain data), e.g. ``prune_report``.
+    """
+    from copy import deepcopy
+
+    import ultralytics
+
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} already exists; choose another output path or delete it first")
+    m = deepcopy(model).float().eval()
+    if hasattr(m, "criterion"):
+        m.criterion = None
+    for p in m.parameters():
+        p.requires_grad_(False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = {"model": m.half(), "ema": None, "train_args": dict(train_args or {}), "version": ultralytics.__version__}
+    ckpt.update(extra)
+    torch.save(ckpt, path)
+    return path
+
+
+def load_model(path: str | Path) -> nn.Module:
+    """Load an Ultralytics checkpoint into an fp32 model, with a clear error for a bad file."""
+    from ultralytics.nn.tasks import load_checkpoint
+
+    from yolo_distill.offline import resolve_weights
+
+    src = resolve_weights(path)
+    if src.endswith((".yaml", ".yml")):
+        from ultralytics.nn.tasks import DetectionModel
+
+        return DetectionModel(src, verbose=False)
+    try:
+        model, _ = load_checkpoint(src)
+    except Exception as e:
+        raise ValueError(f"{src} could not be loaded as an Ultralytics checkpoint ({type(e).__name__}: {e})") from e
+    return model.float()

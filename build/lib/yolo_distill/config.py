@@ -1,0 +1,200 @@
+"""Recipes are data: YAML loaded with ``yaml.safe_load`` into dataclasses, and unknown keys raise."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def _config_root() -> Path:
+    """``configs/`` of a source checkout (editable install), else the copy a wheel ships as ``yolo_distill/configs``."""
+    here = Path(__file__).resolve().parent
+    for root in (here.parent / "configs", here / "configs"):
+        if (root / "distill").is_dir():
+            return root
+    raise FileNotFoundError(f"yolo_distill's recipes are missing (looked in {here.parent / 'configs'} and "
+                            f"{here / 'configs'}); reinstall the package")  # fmt: skip
+
+
+CONFIG_ROOT = _config_root()
+SCHEDULES = ("constant", "linear_warmup", "cosine_warmup", "linear_decay", "cosine_decay")
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build dataclass ``cls`` from ``data``, naming unknown keys and the valid ones."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{where}: expected a mapping, got {type(data).__name__}")
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        raise KeyError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(valid)}")
+    return cls(**data)
+
+
+@dataclass
+class KDTerm:
+    """One distillation term of a recipe.
+
+    Attributes:
+        name: registered loss name (``yolo_distill.distill.losses.LOSSES``).
+        weight: multiplier of the term in the total loss (>= 0).
+        params: keyword arguments of the loss class (e.g. ``temperature``).
+        layers: for feature and attention terms, ``"neck"`` (the maps feeding Detect) or a list of layer indices.
+        connector: for feature terms, how student channels are matched: ``"conv"`` (1x1 conv + BN), ``"mgd"``
+            (masked generation) or ``"none"`` (channels must match).
+    """
+
+    name: str
+    weight: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+    layers: str | list[int] = "neck"
+    connector: str = "conv"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.weight, (int, float)) or self.weight < 0:
+            raise ValueError(f"loss {self.name!r}: weight must be a number >= 0, got {self.weight!r}")
+        for k in ("temperature", "tau"):
+            if k in self.params and not float(self.params[k]) > 0:
+                raise ValueError(f"loss {self.name!r}: {k} must be > 0, got {self.params[k]!r}")
+        if self.connector not in ("conv", "mgd", "none"):
+            raise ValueError(f"loss {self.name!r}: connector must be 'conv', 'mgd' or 'none', got {self.connector!r}")
+        if not (
+            self.layers == "neck" or (isinstance(self.layers, list) and all(isinstance(i, int) for i in self.layers))
+        ):
+            raise ValueError(
+                f"loss {self.name!r}: layers must be 'neck' or a list of layer indices, got {self.layers!r}"
+            )
+
+
+@dataclass
+class Schedule:
+    """How the KD weight evolves over training: a factor in [0, 1] multiplying every term.
+
+    Attributes:
+        kind: one of ``constant``, ``linear_warmup``, ``cosine_warmup``, ``linear_decay``, ``cosine_decay``.
+        epochs: length of the warm-up, or of the decay (0 = the whole run).
+        final: the factor reached at the end of a decay.
+    """
+
+    kind: str = "constant"
+    epochs: int = 0
+    final: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCHEDULES:
+            raise ValueError(f"schedule kind {self.kind!r} is not one of {SCHEDULES}")
+        if self.epochs < 0 or not 0 <= self.final <= 1:
+            raise ValueError(f"schedule needs epochs >= 0 and 0 <= final <= 1, got {self.epochs}, {self.final}")
+
+    def factor(self, epoch: float, total: int) -> float:
+        """The KD weight factor at (fractional) ``epoch`` of a ``total``-epoch run."""
+        import math
+
+        span = self.epochs or max(total, 1)
+        t = min(max(epoch / span, 0.0), 1.0)
+        if self.kind == "constant":
+            return 1.0
+        if self.kind == "linear_warmup":
+            return t
+        if self.kind == "cosine_warmup":
+            return 0.5 * (1 - math.cos(math.pi * t))
+        if self.kind == "linear_decay":
+            return 1 - (1 - self.final) * t
+        return self.final + (1 - self.final) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+@dataclass
+class DistillRecipe:
+    """A distillation recipe: which terms, with which weights, on what schedule.
+
+    Attributes:
+        losses: the KD terms.
+        schedule: the KD weight schedule.
+        branch: for end-to-end heads (YOLO26), which head branch to distil: ``one2many`` (reaches the backbone)
+            or ``both``.
+        mode: ``offline`` (frozen teacher) or ``online`` (deep mutual learning: the teacher trains alongside the
+            student, with its own detection loss plus the output-level terms distilled back from the student).
+        description: free text shown in logs.
+    """
+
+    losses: list[KDTerm] = field(default_factory=list)
+    schedule: Schedule = field(default_factory=Schedule)
+    branch: str = "one2many"
+    mode: str = "offline"
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.branch not in ("one2many", "both"):
+            raise ValueError(f"branch must be 'one2many' or 'both', got {self.branch!r}")
+        if self.mode not in ("offline", "online"):
+            raise ValueError(f"mode must be 'offline' or 'online', got {self.mode!r}")
+        names = [t.name for t in self.losses]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"loss(es) {dup} appear twice in the recipe; merge them into one term")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "recipe") -> DistillRecipe:
+        """Validate and build a recipe from plain data."""
+        data = dict(data or {})
+        data.pop("kind", None)
+        terms = data.pop("losses", [])
+        if not isinstance(terms, list):
+            raise TypeError(f"{where}: 'losses' must be a list of terms")
+        sched = data.pop("schedule", {}) or {}
+        recipe = _from_dict(cls, {**data, "losses": [], "schedule": Schedule()}, where)
+        recipe.losses = [_from_dict(KDTerm, t, f"{where}: losses[{i}]") for i, t in enumerate(terms)]
+        recipe.schedule = _from_dict(Schedule, sched, f"{where}: schedule")
+        recipe.__post_init__()
+        from yolo_distill.distill.losses import LOSSES
+
+        for t in recipe.losses:
+            LOSSES.get(t.name)  # raises with the list of valid names
+        return recipe
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (builtins only), safe to store in Ultralytics' args and checkpoints."""
+        return dataclasses.asdict(self)
+
+
+def find_recipe(name_or_path: str | Path, kind: str) -> Path:
+    """Resolve ``recipe=`` to a file: a path, or a name under ``configs/<kind>/``."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise FileNotFoundError(f"recipe file {p} does not exist")
+        return p
+    candidate = CONFIG_ROOT / kind / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        shipped = sorted(x.stem for x in (CONFIG_ROOT / kind).glob("*.yaml"))
+        raise FileNotFoundError(f"no {kind} recipe named {str(name_or_path)!r}; shipped: {shipped}, or pass a path")
+    return candidate
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """``yaml.safe_load`` a file into a dict, with a clear error for anything else."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path} is not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_distill_recipe(recipe: str | Path | dict[str, Any] | DistillRecipe | None) -> DistillRecipe:
+    """Load a distillation recipe from a shipped name, a YAML path, plain data, or pass one through."""
+    if isinstance(recipe, DistillRecipe):
+        return recipe
+    if recipe is None:
+        recipe = "default"
+    if isinstance(recipe, dict):
+        return DistillRecipe.from_dict(recipe)
+    path = find_recipe(recipe, "distill")
+    return DistillRecipe.from_dict(load_yaml(path), where=str(path))

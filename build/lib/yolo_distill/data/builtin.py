@@ -1,0 +1,49 @@
+"""Built-in datasets by name: generated on first use into a folder of the working directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from yolo_distill.data.shapes import ShapesSpec, generate_shapes
+
+#: name -> spec. ``shapes`` is the measured default; ``shapes-tiny`` is for tests and smoke runs.
+BUILTIN = {
+    "shapes": ShapesSpec(),
+    "shapes-tiny": ShapesSpec(n_train=16, n_val=8, imgsz=96, min_size=8, max_size=40, max_objects=6),
+}
+
+
+#: short names of public datasets -> (Ultralytics' data YAML, its folder under Ultralytics' datasets_dir)
+PUBLIC = {"coco": ("coco.yaml", "coco"), "coco128": ("coco128.yaml", "coco128"), "voc": ("VOC.yaml", "VOC")}
+
+
+def resolve_data(data: str | Path, root: str | Path = "datasets") -> str:
+    """Return a data YAML path for ``data``.
+
+    Args:
+        data: a built-in name (``shapes``, ``shapes-tiny``: generated under ``root/<name>`` when missing), a public
+            dataset name (``coco``, ``coco128``, ``voc``: Ultralytics' own YAMLs, downloaded by Ultralytics when
+            online), or a data YAML path.
+        root: where built-in datasets are generated.
+
+    Raises:
+        FileNotFoundError: a public dataset that is not on disk while offline.
+    """
+    import os
+
+    s = str(data)
+    if s in BUILTIN:
+        return str(generate_shapes(Path(root) / s, BUILTIN[s]))
+    key = s.lower().removesuffix(".yaml")
+    if key in PUBLIC:
+        from ultralytics.utils import SETTINGS
+
+        yaml_name, folder = PUBLIC[key]
+        on_disk = (Path(SETTINGS["datasets_dir"]) / folder).is_dir()
+        if not on_disk and os.environ.get("YOLO_OFFLINE", "1").lower() in ("1", "true"):
+            raise FileNotFoundError(
+                f"{yaml_name} is not under {SETTINGS['datasets_dir']} and yolo_distill runs offline "
+                f"(YOLO_OFFLINE=1); set YOLO_OFFLINE=0 to let Ultralytics download it, or pass a local data YAML"
+            )
+        return yaml_name
+    return s

@@ -1,0 +1,73 @@
+"""Load a teacher and check that it can teach a given student."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from yolo_distill.offline import resolve_weights
+
+
+def load_teacher(teacher: str | Path | nn.Module) -> nn.Module:
+    """Load a frozen detection teacher from a checkpoint (or a model YAML, untrained: tests and online KD).
+
+    Args:
+        teacher: a ``*.pt`` checkpoint, a ``*.yaml`` model definition, or a model.
+
+    Returns:
+        The model in eval mode with gradients off.
+    """
+    if isinstance(teacher, nn.Module):
+        model = teacher
+    else:
+        src = resolve_weights(teacher)
+        if src.endswith(".pt"):
+            from ultralytics.nn.tasks import load_checkpoint
+
+            try:
+                model, _ = load_checkpoint(src)
+            except Exception as e:  # torch/pickle raise many types for a bad file
+                raise ValueError(
+                    f"teacher {src} could not be loaded ({type(e).__name__}: {e}); is it a complete Ultralytics "
+                    f"checkpoint? Re-export it or point teacher= at another file"
+                ) from e
+        else:
+            from ultralytics.nn.tasks import DetectionModel
+
+            model = DetectionModel(src, verbose=False)
+    model = model.float().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def check_pair(teacher: nn.Module, names: dict[int, str], student_stride: torch.Tensor) -> None:
+    """Stop before training when ``teacher`` cannot teach a detector of ``names`` at ``student_stride``.
+
+    Raises:
+        ValueError: the teacher is not a detection model, detects other classes (or in another order), or
+            predicts at other strides.
+    """
+    task = getattr(teacher, "task", None) or ("detect" if type(teacher).__name__ == "DetectionModel" else None)
+    if type(teacher).__name__ != "DetectionModel" or task not in (None, "detect"):
+        raise ValueError(
+            f"the teacher is a {type(teacher).__name__} (task {task!r}); a detection student needs a detection "
+            f"teacher (a YOLO detect checkpoint)"
+        )
+    t_names = dict(getattr(teacher, "names", {}) or {})
+    want, got = [names[k] for k in sorted(names)], [t_names[k] for k in sorted(t_names)]
+    if want != got:
+        raise ValueError(
+            f"the teacher detects {len(got)} classes {got[:10]}{'...' if len(got) > 10 else ''} but the data has "
+            f"{len(want)} {want[:10]}{'...' if len(want) > 10 else ''}; train the teacher on the same data YAML "
+            f"(same classes, same order)"
+        )
+    ts = [int(s) for s in teacher.stride.tolist()]
+    ss = [int(s) for s in student_stride.tolist()]
+    if ts != ss:
+        raise ValueError(
+            f"teacher strides {ts} and student strides {ss} differ, so their anchors do not line up; pick a "
+            f"teacher and student with the same detection levels (e.g. both P3-P5)"
+        )

@@ -1,0 +1,258 @@
+"""DistillationTrainer: Ultralytics' DetectionTrainer plus a frozen teacher and the recipe's KD terms.
+
+It extends Ultralytics only through overridden methods and callbacks:
+
+* ``__init__`` takes our keys (``teacher``, ``recipe``, ``sparsity``) out of the overrides and puts them back on
+  ``self.args`` as plain data, so ``vars(self.args)`` rebuilds the trainer (as Ultralytics' DDP does) and the
+  checkpoint's ``train_args`` resumes it;
+* ``set_model_attributes`` loads and checks the teacher and builds the connectors, before the optimizer exists;
+* ``build_optimizer`` adds the connectors' parameters as their own group;
+* ``on_pretrain_routine_end`` installs :class:`DistillationCriterion` on the student and its EMA (after
+  Ultralytics may have replaced the criterion on resume);
+* ``get_model`` keeps a loaded checkpoint's modules as they are, so a pruned model is never re-inflated;
+* ``optimizer_step`` clips the connectors' gradients, applies BN sparsity (L1 on BN scales) when asked, then
+  defers to Ultralytics.
+"""
+
+from __future__ import annotations
+
+import logging
+from copy import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.utils import DEFAULT_CFG, RANK
+from ultralytics.utils.torch_utils import unwrap_model
+
+from yolo_distill.config import load_distill_recipe
+from yolo_distill.distill.criterion import DistillationCriterion, DistillContext
+from yolo_distill.distill.teacher import check_pair, load_teacher
+from yolo_distill.offline import ensure_font, resolve_weights
+
+log = logging.getLogger("yolo_distill")
+
+#: Keys this trainer adds to Ultralytics' arguments (they travel in ``vars(args)`` and in checkpoints).
+EXTRA_KEYS = ("teacher", "recipe", "distill", "sparsity")
+STATE_FILE = "distill_state.pt"  # connectors (and, online, the teacher): training-only, for resume
+
+
+def strip_extra(args: Any) -> Any:
+    """A copy of Ultralytics args without our keys (Ultralytics' validators reject unknown keys)."""
+    args = copy(args)
+    for k in EXTRA_KEYS:
+        if hasattr(args, k):
+            delattr(args, k)
+    return args
+
+
+class DistillationTrainer(DetectionTrainer):
+    """Train a YOLO detector with detection loss plus distillation from a frozen teacher.
+
+    With ``teacher=None`` it trains plainly (but still keeps a loaded checkpoint's shapes and can apply BN
+    sparsity), which is how pruned models are fine-tuned without distillation.
+
+    Args:
+        cfg: Ultralytics default config (path or dict).
+        overrides: Ultralytics train arguments plus ``teacher`` (a ``*.pt``), ``recipe`` (a shipped name or a YAML
+            path), ``distill`` (an already resolved recipe as plain data; takes precedence over ``recipe``) and
+            ``sparsity`` (L1 strength on BN scales, 0 = off).
+        _callbacks: Ultralytics callbacks.
+    """
+
+    def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None) -> None:
+        overrides = dict(overrides or {})
+        extra = {k: overrides.pop(k) for k in EXTRA_KEYS if k in overrides}
+        if "model" in overrides and overrides["model"] is not None and not isinstance(overrides["model"], nn.Module):
+            resolve_weights(overrides["model"])
+        ensure_font()
+        super().__init__(cfg, overrides, _callbacks)
+        if self.resume:  # the resumed checkpoint's train_args carried our keys into self.args
+            extra = {k: getattr(self.args, k) for k in EXTRA_KEYS if getattr(self.args, k, None) is not None} | {
+                k: v for k, v in extra.items() if k == "teacher" and v
+            }
+        teacher = extra.get("teacher")
+        if teacher is not None and not isinstance(teacher, nn.Module):
+            teacher = resolve_weights(teacher)
+        recipe = load_distill_recipe(extra.get("distill") or extra.get("recipe") or "default")
+        sparsity = float(extra.get("sparsity") or 0.0)
+        if sparsity < 0:
+            raise ValueError(f"sparsity must be >= 0, got {sparsity}")
+        self.args.teacher = teacher if isinstance(teacher, (str, type(None))) else "<module>"
+        self.args.recipe = str(extra.get("recipe") or ("custom" if extra.get("distill") else "default"))
+        self.args.distill = recipe.to_dict()
+        self.args.sparsity = sparsity
+        self._teacher_src = teacher
+        self.recipe = recipe
+        self.distill: DistillContext | None = None
+        if RANK in {-1, 0}:
+            from ultralytics.utils import YAML
+
+            YAML.save(self.save_dir / "args.yaml", vars(self.args))  # rewrite with our keys
+        self.add_callback("on_pretrain_routine_end", _install_criterion)
+        self.add_callback("on_train_epoch_start", _set_epoch)
+        self.add_callback("on_train_batch_start", _attach_student_recorders)
+        self.add_callback("on_train_batch_end", _detach_student_recorders)
+        self.add_callback("on_model_save", _save_state)
+
+    # -- model ----------------------------------------------------------------------------------------------------
+    def get_model(self, cfg: str | dict | None = None, weights: nn.Module | None = None, verbose: bool = True):
+        """Build the student. A loaded checkpoint for the same classes is trained as the module it is.
+
+        Ultralytics rebuilds the model from its YAML and copies the tensors whose shapes match, which silently
+        re-inflates a pruned model to full width; here such a checkpoint keeps every tensor as it is.
+        """
+        w_nc = int(weights.model[-1].nc) if isinstance(weights, nn.Module) else -1
+        if w_nc == int(self.data["nc"]):
+            model = weights.float()
+            for p in model.parameters():
+                if p.dtype.is_floating_point:
+                    p.requires_grad_(True)
+            model.train()
+            if verbose and RANK in {-1, 0}:
+                model.info()
+            return self.set_model_names_for_load(model)
+        model = super().get_model(cfg=cfg, weights=None, verbose=verbose)
+        if isinstance(weights, nn.Module):
+            mismatched = [
+                k
+                for k, v in weights.state_dict().items()
+                if k in model.state_dict() and model.state_dict()[k].shape != v.shape and ".dfl" not in k
+            ]
+            body = [k for k in mismatched if not k.startswith(f"model.{len(model.model) - 1}.")]
+            if body:
+                raise ValueError(
+                    f"the checkpoint has {w_nc} classes and layer shapes that differ from its YAML "
+                    f"({body[:3]}...), as a pruned model does; fine-tune a pruned model on data with the same "
+                    f"{w_nc} classes"
+                )
+            model.load(weights)
+        return model
+
+    def set_model_attributes(self) -> None:
+        """Attach data attributes, then load and check the teacher and build the connectors (before the optimizer)."""
+        super().set_model_attributes()
+        if self._teacher_src is None:
+            return
+        student = unwrap_model(self.model)
+        teacher = load_teacher(self._teacher_src).to(self.device)
+        check_pair(teacher, self.data["names"], student.stride)
+        if self.recipe.mode == "online":  # mutual learning: the teacher trains too, with its own detection loss
+            for p in teacher.parameters():
+                p.requires_grad_(True)
+            teacher.args = strip_extra(self.args)
+        imgsz = int(student.stride.max()) * 2
+        self.distill = DistillContext(teacher, student, self.recipe, imgsz=imgsz).to(self.device)
+        if self.resume and self.args.resume:
+            f = Path(str(self.args.resume)).parent / STATE_FILE
+            if f.exists():
+                state = torch.load(f, map_location=self.device)
+                self.distill.connectors.load_state_dict(state["connectors"])
+                if state.get("teacher") is not None:
+                    self.distill.teacher.load_state_dict(state["teacher"])
+                log.info("yolo_distill: restored distillation state from %s", f)
+        if RANK in {-1, 0}:
+            terms = ", ".join(f"{t.name}x{t.weight:g}" for t, _ in self.distill.terms) or "none"
+            log.info(
+                "yolo_distill: teacher %s (%s params), KD terms: %s, schedule: %s",
+                self.args.teacher,
+                f"{sum(p.numel() for p in teacher.parameters()) / 1e6:.2f}M",
+                terms,
+                self.recipe.schedule.kind,
+            )
+
+    def build_optimizer(self, model: nn.Module, *args: Any, **kwargs: Any):
+        """Ultralytics' optimizer, plus the connectors' parameters as their own group (no weight decay)."""
+        optimizer = super().build_optimizer(model, *args, **kwargs)
+        if self.distill is not None and len(list(self.distill.connectors.parameters())):
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.add_param_group(
+                {"params": list(self.distill.connectors.parameters()), "weight_decay": 0.0, "lr": lr}
+            )
+        return optimizer
+
+    def get_validator(self):
+        """Ultralytics' validator, given args without our keys (its config check rejects unknown keys)."""
+        from ultralytics.models.yolo.detect import DetectionValidator
+
+        return DetectionValidator(
+            self.test_loader, save_dir=self.save_dir, args=strip_extra(self.args), _callbacks=self.callbacks
+        )
+
+    def validate(self):
+        """Ultralytics' validation, with layer recorders attached to the EMA for the KD terms of the val loss."""
+        recs = list(self.distill.student_recorders.values()) if self.distill is not None and self.ema else []
+        for r in recs:
+            r.attach(self.ema.ema)
+        try:
+            return super().validate()
+        finally:
+            for r in recs:
+                r.detach()
+
+    def optimizer_step(self) -> None:
+        """Clip the connectors' gradients (Ultralytics clips only the model's), add BN sparsity, then step."""
+        if self.distill is not None:
+            extra = list(self.distill.connectors.parameters())
+            if self.distill.online:
+                extra += list(self.distill.teacher.parameters())
+            params = [p for p in extra if p.grad is not None]
+            if params:
+                if self.world_size > 1:  # outside the DDP module: average their gradients here
+                    for p in params:
+                        torch.distributed.all_reduce(p.grad)
+                        p.grad /= self.world_size
+                scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+                torch.nn.utils.clip_grad_norm_(params, max_norm=10.0 * scale)
+        if self.args.sparsity:
+            scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+            for m in unwrap_model(self.model).modules():
+                if isinstance(m, nn.BatchNorm2d) and m.weight.grad is not None:
+                    m.weight.grad.add_(torch.sign(m.weight.detach()), alpha=self.args.sparsity * scale)
+        super().optimizer_step()
+
+
+# -- callbacks (module-level functions, so the callback dict pickles for DDP) -------------------------------------
+def _install_criterion(trainer: DistillationTrainer) -> None:
+    if trainer.distill is None:
+        return
+    for model in (unwrap_model(trainer.model), trainer.ema.ema if trainer.ema else None):
+        if model is None:
+            continue
+        det = model.criterion if getattr(model, "criterion", None) is not None else model.init_criterion()
+        if isinstance(det, DistillationCriterion):
+            det = det.det
+        model.criterion = DistillationCriterion(det, trainer.distill)
+
+
+def _set_epoch(trainer: DistillationTrainer) -> None:
+    if trainer.distill is not None:
+        trainer.distill.set_epoch(trainer.epoch, trainer.epochs)
+
+
+def _attach_student_recorders(trainer: DistillationTrainer) -> None:
+    if trainer.distill is not None:
+        for r in trainer.distill.student_recorders.values():
+            r.attach(unwrap_model(trainer.model))
+
+
+def _detach_student_recorders(trainer: DistillationTrainer) -> None:
+    if trainer.distill is not None:
+        for r in trainer.distill.student_recorders.values():
+            r.detach()
+
+
+def _save_state(trainer: DistillationTrainer) -> None:
+    ctx = trainer.distill
+    if ctx is None or not (len(ctx.connectors) or ctx.online):
+        return
+    state = {"connectors": ctx.connectors.state_dict(), "teacher": ctx.teacher.state_dict() if ctx.online else None}
+    torch.save(state, trainer.wdir / STATE_FILE)
+    if ctx.online:  # the co-trained teacher is a model of its own: a stock checkpoint beside the student's
+        from yolo_distill.checkpoints import save_stock_checkpoint
+
+        out = trainer.wdir / "teacher_last.pt"
+        out.unlink(missing_ok=True)  # this run's own file, rewritten every epoch
+        save_stock_checkpoint(ctx.teacher, out, train_args={"data": trainer.args.data, "imgsz": trainer.args.imgsz})
