@@ -350,3 +350,41 @@ def test_yolo26_branches(ckpt_factory, branch):
     o2m = sum(float(p.grad.abs().sum()) for p in head.cv3.parameters() if p.grad is not None)
     assert o2m > 0
     assert (o2o > 0) == (branch == "both"), f"one2one grad {o2o} with branch={branch}"
+
+
+def test_every_kd_term_stays_fp32_and_finite_under_autocast(ckpt_factory):
+    """AMP (bf16 autocast on CPU: the mechanism fp16 AMP uses on CUDA): KD math runs in fp32 and matches fp32."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_distill.config import load_distill_recipe
+    from yolo_distill.distill.criterion import DistillContext
+    from yolo_distill.distill.losses.registry import LOSSES
+    from yolo_distill.distill.teacher import load_teacher
+
+    torch.manual_seed(0)
+    student = DetectionModel("yolo11n.yaml", nc=8, verbose=False).train()
+    recipe = load_distill_recipe({"losses": [{"name": n} for n in LOSSES.names()]})
+    ctx = DistillContext(load_teacher(ckpt_factory("yolo11s.yaml")), student, recipe)
+    img = torch.rand(2, 3, 64, 64)
+    torch.manual_seed(1)  # MGD draws a random mask: same draws for both passes
+    ref, _ = ctx.compute(student(img), {"img": img})
+    seen = []
+    for term, loss_fn in ctx.terms:
+        loss_fn.register_forward_pre_hook(
+            lambda m, args, n=term.name: seen.append((n, torch.is_autocast_enabled("cpu"), {a.dtype for a in args}))
+        )
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        preds = student(img)
+        vec, items = ctx.compute(preds, {"img": img})
+    assert vec.dtype == torch.float32, f"KD vector is {vec.dtype} under autocast"
+    assert {n for n, _, _ in seen} == set(LOSSES.names())
+    for n, autocast_on, dtypes in seen:
+        assert not autocast_on and dtypes == {torch.float32}, f"{n} ran with autocast={autocast_on} on {dtypes}"
+    assert torch.isfinite(vec).all(), items
+    names = ctx.names()
+    for n, a, b in zip(names, vec.detach(), ref.detach()):
+        assert torch.isclose(a, b, rtol=0.15, atol=1e-3), f"{n}: {float(a)} under bf16 autocast vs {float(b)} in fp32"
+    vec.sum().backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in student.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
