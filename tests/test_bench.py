@@ -102,3 +102,32 @@ def test_finished_training_is_reused_not_rerun(tmp_path, monkeypatch):
     monkeypatch.setattr("yolo_distill.api.distill", lambda *a, **k: pytest.fail("retrained a finished row"))
     got = runner._train_row({"name": "teacher"}, {"data": "x"}, {}, "m.yaml", 2, {"project": str(tmp_path / "runs")})
     assert got == run
+
+
+def test_prune_speed_table(tmp_path, ckpt_factory, capsys):
+    """The pruning speed study prunes to the target, times every variant and leaves the source untouched."""
+    import hashlib
+
+    from yolo_distill.bench.prune_speed import measure
+
+    src = ckpt_factory("yolo11n.yaml")
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    res = measure(str(src), gflops_ratios=[0.5], round_to=[8, 16], references=["yolov8n.yaml"], imgsz=64, runs=2,
+                  threads=[1, 2], torch_runs=1, out=str(tmp_path / "speed"))  # fmt: skip
+    assert hashlib.sha256(src.read_bytes()).hexdigest() == digest, "the source checkpoint was modified"
+    rows = {r["name"]: r for r in res["rows"]}
+    assert set(rows) == {"source", "yolov8n (reference)", "gflops50_round8", "gflops50_round16"}
+    for k in (8, 16):
+        r = rows[f"gflops50_round{k}"]
+        assert r["gflops"] <= 0.5 * rows["source"]["gflops"] + 1e-6, r
+        assert r["gflops_reduction"] >= 2 and r["torch_ms"] > 0, r
+        assert all(r[f"efficiency_t{t}"] > 0 and r[f"ms_t{t}"] > 0 for t in (1, 2)), r
+    assert rows["source"]["efficiency_t1"] is None and rows["source"]["speedup_t2"] == 1.0
+    out = tmp_path / "speed" / src.stem
+    assert json.loads((out / "speed.json").read_text())["rows"] == res["rows"]
+    assert "| gflops50_round16 |" in (out / "speed.md").read_text() and "efficiency" in capsys.readouterr().out
+    again = measure(str(src), gflops_ratios=[0.5], round_to=[8], imgsz=64, runs=1, threads=1, torch_runs=1,
+                    out=str(tmp_path / "speed"))  # fmt: skip
+    assert again["out"] != res["out"], "a second study must not overwrite the first"
+    with pytest.raises(ValueError, match="gflops_ratios"):
+        measure(str(src), gflops_ratios=[1.5], out=str(tmp_path / "speed"))
