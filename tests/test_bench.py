@@ -131,3 +131,47 @@ def test_prune_speed_table(tmp_path, ckpt_factory, capsys):
     assert again["out"] != res["out"], "a second study must not overwrite the first"
     with pytest.raises(ValueError, match="gflops_ratios"):
         measure(str(src), gflops_ratios=[1.5], out=str(tmp_path / "speed"))
+
+
+def test_row_repeats_and_only(tmp_path, monkeypatch):
+    """A row with its own repeats gets more seeds without rerunning its finished seed; only= runs just those rows."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "data: shapes-tiny\nseed: 0\nrows:\n"
+        "  - {name: teacher, kind: train, model: a.yaml}\n"
+        "  - {name: plain, kind: train, model: b.yaml}\n"
+        "  - {name: kd, kind: train, model: b.yaml, teacher: '@teacher'}\n"
+    )
+    calls = []
+
+    def fake(row, s, done, out):
+        calls.append((row["name"], s["seed"], runner._resolve(row.get("teacher"), done)))
+        ck = out / f"{row['name']}_{s['seed']}.pt"
+        ck.write_bytes(b"x")
+        m = 0.1 + 0.01 * s["seed"] + (0.05 if row["name"] == "kd" else 0)
+        return {"name": row["name"], "kind": "train", "checkpoint": str(ck), "map50_95": m, "map50": m, "params": 1,
+                "gflops": 1.0, "onnx_ms": 1.0, "seconds": 1.0}  # fmt: skip
+
+    monkeypatch.setattr(runner, "_run_row", fake)
+    monkeypatch.setattr("yolo_distill.data.builtin.resolve_data", lambda d: d)
+    runner.run_bench(str(recipe), out=str(tmp_path / "b"))
+    assert [c[:2] for c in calls] == [("teacher", 0), ("plain", 0), ("kd", 0)]
+    # two seeds for the rows whose difference is the claim: seed 0 stays cached, seed 1 distils from teacher seed 0
+    recipe.write_text(recipe.read_text().replace("model: b.yaml}", "model: b.yaml, repeats: 2}").replace(
+        "teacher: '@teacher'}", "teacher: '@teacher', repeats: 2}"))  # fmt: skip
+    calls.clear()
+    with pytest.raises(ValueError, match="only=\\['nope'\\]"):
+        runner.run_bench(str(recipe), out=str(tmp_path / "b"), only="nope")
+    res = runner.run_bench(str(recipe), out=str(tmp_path / "b"), only="kd")
+    assert [c[:2] for c in calls] == [("kd", 1)], f"only=kd must run kd's new seed alone, ran {calls}"
+    assert calls[0][2].endswith("teacher_0.pt")
+    assert sorted((r["name"], r["seed"]) for r in res["rows"]) == [
+        ("kd", 0), ("kd", 1), ("plain", 0), ("teacher", 0)]  # fmt: skip
+    calls.clear()
+    runner.run_bench(str(recipe), out=str(tmp_path / "b"))
+    assert [c[:2] for c in calls] == [("plain", 1)]
+    report = (tmp_path / "b" / "report.md").read_text()
+    assert "| kd | 1 | 1.00 | 0.1550 | 0.1550 ± 0.0071 |" in report, report
+    recipe.write_text(recipe.read_text().replace("repeats: 2", "repeats: 0"))
+    with pytest.raises(ValueError, match="repeats must be an integer >= 1"):
+        runner.run_bench(str(recipe), out=str(tmp_path / "b"))

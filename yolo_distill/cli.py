@@ -86,7 +86,7 @@ def _export(kv: dict[str, Any]) -> None:
 def _bench(kv: dict[str, Any]) -> None:
     from yolo_distill.bench.runner import run_bench
 
-    _check_keys("bench", kv, {"recipe", "out", "repeats", "seed", "device", "report_only"})
+    _check_keys("bench", kv, {"recipe", "out", "repeats", "seed", "device", "report_only", "only"})
     if "recipe" not in kv:
         raise SystemExit("yolo-distill bench: recipe= (a name under configs/bench or a YAML path) is required")
     run_bench(**kv)
@@ -171,7 +171,9 @@ COMMANDS: dict[str, Command] = {
     "bench": Command(
         _bench,
         "yolo-distill bench recipe=cpu-small|PATH.yaml [out=bench/NAME] [repeats=1] [seed=0] [report_only=False]\n"
-        "Rows already finished (same spec, settings and version) are skipped; a killed bench continues.",
+        "                   [only=ROW,ROW]\n"
+        "Rows already finished (same spec, settings and version) are skipped; a killed bench continues.\n"
+        "A row may set its own repeats (more seeds for the rows whose difference matters).",
     ),
     "demo": Command(
         _demo,

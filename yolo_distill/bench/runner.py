@@ -22,7 +22,7 @@ def _key(row: dict, settings: dict) -> str:
     """Cache key: the row, the bench settings, the package version and, for KD rows, the recipe's contents."""
     from yolo_distill import __version__
 
-    spec = dict(row)
+    spec = {k: v for k, v in row.items() if k != "repeats"}  # more seeds of a row keep its finished ones
     if row.get("teacher"):  # editing a recipe file must rerun the rows that use it
         from yolo_distill.config import load_distill_recipe
 
@@ -40,6 +40,9 @@ def _validate(recipe: dict, where: str) -> tuple[dict, list[dict]]:
     for i, r in enumerate(rows):
         if r.get("kind") not in ROW_KINDS or "name" not in r:
             raise ValueError(f"{where}: rows[{i}] needs a name and kind in {ROW_KINDS}")
+        rr = r.get("repeats", 1)
+        if not isinstance(rr, int) or isinstance(rr, bool) or rr < 1:
+            raise ValueError(f"{where}: rows[{i}] ({r['name']}): repeats must be an integer >= 1, got {rr!r}")
         for ref in ("teacher", "from"):
             if isinstance(r.get(ref), str) and r[ref].startswith("@") and r[ref][1:] not in names:
                 raise ValueError(f"{where}: rows[{i}] refers to {r[ref]} before it is defined")
@@ -149,16 +152,20 @@ def _run_row(row: dict, s: dict, done: dict[str, dict], out: Path) -> dict:
 
 
 def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, seed: int | None = None,
-              device: str | None = None, report_only: bool = False) -> dict:  # fmt: skip
+              device: str | None = None, report_only: bool = False,
+              only: str | list[str] | None = None) -> dict:  # fmt: skip
     """Run (or continue) a benchmark recipe and write ``report.md``, ``results.json`` and plots.
 
     Args:
         recipe: a name under ``configs/bench`` or a YAML path.
         out: output folder (default ``bench/<name>``).
-        repeats: override the recipe's repeats (seeds ``seed .. seed+repeats-1``).
+        repeats: override the recipe's repeats (seeds ``seed .. seed+repeats-1``). A row may set its own
+            ``repeats`` (e.g. the rows whose difference is the claim); a row of a later seed that refers to a row
+            with fewer seeds uses that row's last seed (students of seed 1 distil from the seed-0 teacher).
         seed: override the recipe's seed.
         device: override the device.
         report_only: run nothing; write the report from the rows already finished.
+        only: run only these rows (names, a list or comma-separated); the others enter the report if finished.
     """
     from yolo_distill.data.builtin import resolve_data
 
@@ -175,19 +182,30 @@ def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, s
     out_dir.mkdir(parents=True, exist_ok=True)
     res_file = out_dir / "results.json"
     cache: dict[str, dict] = json.loads(res_file.read_text()) if res_file.exists() else {}
+    if isinstance(only, str):
+        only = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = sorted(set(only or []) - {r["name"] for r in rows})
+    if unknown:
+        raise ValueError(f"only={unknown}: no such row in {path.name}; rows: {[r['name'] for r in rows]}")
     base_seed = settings.get("seed", 0)
     table: list[dict] = []
-    for rep in range(reps):
+    done: dict[str, dict] = {}  # the latest finished seed of each row, for "@row" references
+    for rep in range(max([reps] + [int(r.get("repeats", reps)) for r in rows])):
         s = {**settings, "seed": base_seed + rep}
-        done: dict[str, dict] = {}
         for row in rows:
+            if rep >= int(row.get("repeats", reps)):
+                continue
             key = _key(row, s)
             if key in cache and Path(cache[key].get("checkpoint", "")).exists():
                 print(f"bench: {row['name']} (seed {s['seed']}) cached")
-            elif report_only:
+            elif report_only or (only and row["name"] not in only):
                 print(f"bench: {row['name']} (seed {s['seed']}) not run yet: left out of the report")
                 continue
             else:
+                missing = [v for v in (row.get("teacher"), row.get("from"), row.get("model"), row.get("distill_model"))
+                           if isinstance(v, str) and v.startswith("@") and v[1:] not in done]  # fmt: skip
+                if missing:
+                    raise ValueError(f"{row['name']} needs {missing} finished first; add them to only= or drop only=")
                 print(f"bench: running {row['name']} (seed {s['seed']})", flush=True)
                 cache[key] = _run_row(row, s, done, out_dir)
                 res_file.write_text(json.dumps(cache, indent=2))
@@ -252,7 +270,8 @@ def write_report(table: list[dict], out_dir: Path, recipe_name: str) -> Path:
             ax.plot(range(1, len(curve) + 1), curve, label=n)
     ax.set_xlabel("epoch")
     ax.set_ylabel("val mAP50-95")
-    ax.legend(fontsize=6)
+    if any(curve for *_, curve in summary):
+        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(out_dir / "map_curves.png", dpi=100)
     plt.close(fig)
