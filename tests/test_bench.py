@@ -99,6 +99,11 @@ def test_finished_training_is_reused_not_rerun(tmp_path, monkeypatch):
     (run / "results.csv").write_text("epoch,time\n1,1.0\n2,2.0\n")
     assert runner._finished_run(run, 2) == run / "weights" / "best.pt"
     assert runner._finished_run(run, 3) is None, "an unfinished run must be trained again"
+    (run / "args.yaml").write_text("seed: 0\n")
+    assert runner._finished_run(run, 2, seed=0) == run / "weights" / "best.pt"
+    assert runner._finished_run(run, 2, seed=1) is None, "another seed's run must never stand in for this one"
+    assert runner._run_name({"name": "teacher"}, {"seed": 0}) == "teacher"
+    assert runner._run_name({"name": "teacher"}, {"seed": 1}) == "teacher_seed1"
     monkeypatch.setattr("yolo_distill.api.distill", lambda *a, **k: pytest.fail("retrained a finished row"))
     got = runner._train_row({"name": "teacher"}, {"data": "x"}, {}, "m.yaml", 2, {"project": str(tmp_path / "runs")})
     assert got == run

@@ -55,13 +55,22 @@ def _resolve(v: Any, done: dict[str, dict]) -> Any:
     return done[v[1:]]["checkpoint"] if isinstance(v, str) and v.startswith("@") else v
 
 
-def _finished_run(run_dir: Path, epochs: int) -> Path | None:
-    """``best.pt`` of a run in ``run_dir`` that trained all ``epochs`` (a bench killed after training), else None."""
+def _run_name(row: dict, s: dict) -> str:
+    """The row's run folder / output name: seeds other than 0 get their own (``NAME_seed1``), never a shared one."""
+    seed = int(s.get("seed", 0))
+    return row["name"] if seed == 0 else f"{row['name']}_seed{seed}"
+
+
+def _finished_run(run_dir: Path, epochs: int, seed: int | None = None) -> Path | None:
+    """``best.pt`` of a run in ``run_dir`` that trained all ``epochs`` with ``seed`` (a bench killed after
+    training), else None."""
     import csv
 
-    best, results = run_dir / "weights" / "best.pt", run_dir / "results.csv"
+    best, results, args = run_dir / "weights" / "best.pt", run_dir / "results.csv", run_dir / "args.yaml"
     if not (best.is_file() and results.is_file()):
         return None
+    if seed is not None and (not args.is_file() or (load_yaml(args).get("seed") != seed)):
+        return None  # another seed's run: never reuse it as this one
     with open(results) as f:
         return best if len(list(csv.DictReader(f))) >= epochs else None
 
@@ -70,22 +79,27 @@ def _train_row(row: dict, s: dict, done: dict[str, dict], model: str, epochs: in
     """Train the row (or reuse its finished run) and return the run folder."""
     from yolo_distill.api import distill
 
-    run_dir = Path(common["project"]) / row["name"]
-    if _finished_run(run_dir, epochs):
-        print(f"bench: {row['name']}: training already finished in {run_dir}; reusing it")
+    name = _run_name(row, s)
+    run_dir = Path(common["project"]) / name
+    if _finished_run(run_dir, epochs, seed=common.get("seed")):
+        print(f"bench: {name}: training already finished in {run_dir}; reusing it")
         return run_dir
+    if run_dir.exists():  # the bench's own folder of an unfinished or other-seed run: start it afresh
+        import shutil
+
+        shutil.rmtree(run_dir)
     if "distill_model" in row:  # the baseline: Ultralytics' own trainer with its native distillation
         from ultralytics.models.yolo.detect import DetectionTrainer
 
         from yolo_distill.offline import ensure_font
 
         ensure_font()
-        tr = DetectionTrainer(overrides=dict(model=model, data=s["data"], epochs=epochs, name=row["name"],
+        tr = DetectionTrainer(overrides=dict(model=model, data=s["data"], epochs=epochs, name=name,
                                              distill_model=_resolve(row["distill_model"], done), **common))  # fmt: skip
         tr.train()
     else:
         tr = distill(model, s["data"], teacher=_resolve(row.get("teacher"), done), recipe=row.get("recipe", "default"),
-                     epochs=epochs, name=row["name"], **common)  # fmt: skip
+                     epochs=epochs, name=name, **common)  # fmt: skip
     return Path(tr.save_dir)
 
 
@@ -106,7 +120,7 @@ def _run_row(row: dict, s: dict, done: dict[str, dict], out: Path) -> dict:
     res: dict[str, Any] = {"name": row["name"], "kind": row["kind"]}
     model = _resolve(row.get("model") or row.get("from"), done)
     if row["kind"] == "prune":
-        dst = out / "pruned" / f"{row['name']}.pt"
+        dst = out / "pruned" / f"{_run_name(row, s)}.pt"
         dst.unlink(missing_ok=True)  # a stale output of a killed row: the bench's own file
         dst.with_name(f"{dst.stem}_report.json").unlink(missing_ok=True)
         gflops = row.get("gflops")
