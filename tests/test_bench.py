@@ -35,7 +35,7 @@ def test_mini_bench_report_and_resume(tmp_path, monkeypatch, tiny_data):
     assert sorted(r["name"] for r in saved.values()) == ["student_kd", "student_native", "teacher"]
     calls.clear()
     res = runner.run_bench("mini", out=str(tmp_path / "b"))
-    assert calls == ["pruned_noft"], f"finished rows must be skipped, ran {calls}"
+    assert calls == ["pruned_noft", "compact_int8"], f"finished rows must be skipped, ran {calls}"
     report = (tmp_path / "b" / "report.md").read_text()
     for col in ("params", "GFLOPs", "mAP50-95", "ONNX ms", "INT8 ms"):
         assert col in report
@@ -46,7 +46,9 @@ def test_mini_bench_report_and_resume(tmp_path, monkeypatch, tiny_data):
     assert all(r["parity_ok"] for r in rows.values())
     assert rows["pruned_noft"]["params"] < rows["teacher"]["params"]
     assert rows["pruned_noft"]["gflops"] <= 0.5 * rows["teacher"]["gflops"] * 1.01
-    assert rows["student_kd"]["int8_ms"] > 0
+    assert rows["compact_int8"]["int8_ms"] > 0 and rows["compact_int8"]["params"] == rows["student_kd"]["params"]
+    assert set(rows["compact_int8"]["onnx_map50_95"]) == {"onnx_fp32", "onnx_int8"}
+    assert "| compact_int8 | " in report.split("ONNX models run by ONNX Runtime")[1]
 
 
 def test_bench_recipe_errors(tmp_path):
