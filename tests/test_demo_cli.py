@@ -21,7 +21,9 @@ def test_mini_demo_runs_every_stage(tmp_path, tiny_data, capsys):
     assert [r["model"] for r in rows][:2] == ["teacher", "student (plain)"] and len(rows) == 5
     assert "summary" in out and "student (KD: default) " in out
     assert rows[3]["params"] < rows[0]["params"], "the pruned teacher must be smaller than the teacher"
-    assert rows[4]["onnx_ms"] > 0
+    assert rows[4]["onnx_ms"] > 0 and rows[4]["model"].endswith("INT8 ONNX")
+    exported = max(rows[2:4], key=lambda r: r["map"])
+    assert rows[4]["model"].startswith(exported["model"]) and exported["onnx_ms"] > 0
 
 
 @pytest.mark.parametrize("cmd", list(COMMANDS))

@@ -116,17 +116,19 @@ def run_demo(
     )
     row("teacher pruned + KD fine-tune", Path(ft.best), _metric(ft))
 
-    _stage(5, n, "export the distilled student: ONNX (parity) + INT8, latency", t0)
-    rep = export_checkpoint(str(kd.best), imgsz=export_imgsz or imgsz, int8=True, data=data_yaml, runs=30)
+    # export the most accurate compact model: the distilled student, or the pruned teacher when it is ahead
+    best = max(rows[2:4], key=lambda r: r["map"])
+    _stage(5, n, f"export the most accurate compact model ({best['model']}): ONNX (parity) + INT8, latency", t0)
+    rep = export_checkpoint(best["checkpoint"], imgsz=export_imgsz or imgsz, int8=True, data=data_yaml, runs=30)
     for r in rows:
         r["onnx_ms"] = float("nan")
-    rows[2]["onnx_ms"] = rep.latency_ms["onnx_fp32"]["median"]
+    best["onnx_ms"] = rep.latency_ms["onnx_fp32"]["median"]
     rows.append(
         {
-            "model": "student (KD) INT8 ONNX",
+            "model": f"{best['model']}, INT8 ONNX",
             "checkpoint": rep.int8_onnx,
-            "params": rows[2]["params"],
-            "gflops": rows[2]["gflops"],
+            "params": best["params"],
+            "gflops": best["gflops"],
             "map": rep.map50_95.get("onnx_int8", float("nan")),
             "onnx_ms": rep.latency_ms["onnx_int8"]["median"],
         }
@@ -136,5 +138,10 @@ def run_demo(
     print(f"\n{'model':<32}{'params':>11}{'GFLOPs':>9}{'mAP50-95':>10}{'ONNX ms':>9}")
     for r in rows:
         print(f"{r['model']:<32}{r['params']:>11,}{r['gflops']:>9.2f}{r['map']:>10.4f}{r['onnx_ms']:>9.2f}")
+    if rows[1]["map"] < 0.01 and epochs < 20:
+        print(
+            f"\nThe from-scratch students are near 0 after {epochs} epochs: YOLO11n needs about 20 epochs on `shapes` "
+            "(see the README's benchmark); pruning the trained teacher and fine-tuning it with KD is the fast route."
+        )
     print(f"\ndemo finished in {time.time() - t0:.0f}s; runs under {project}")
     return rows
