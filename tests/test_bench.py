@@ -59,6 +59,9 @@ def test_bench_recipe_errors(tmp_path):
     bad.write_text("rows:\n  - {name: a, kind: train, teacher: '@b'}\n")
     with pytest.raises(ValueError, match="before it is defined"):
         runner.run_bench(str(bad))
+    bad.write_text("rows:\n  - {name: a, kind: train, model: m.yaml, distill_model: '@b'}\n")
+    with pytest.raises(ValueError, match="refers to @b before it is defined"):
+        runner.run_bench(str(bad))
 
 
 def test_step_cost_table_has_all_configs(ckpt_factory, capsys):

@@ -28,7 +28,9 @@ def _export(pt: Path, imgsz: int) -> Path:
 
 def _channel_multiple_share(model: torch.nn.Module, k: int) -> float:
     """Share of conv output channels that sit in layers whose width is a multiple of ``k``."""
-    widths = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    from yolo_distill.prune.pruner import conv_channels
+
+    widths = list(conv_channels(model).values())
     return sum(w for w in widths if w % k == 0) / max(1, sum(widths))
 
 

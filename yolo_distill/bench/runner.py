@@ -16,6 +16,12 @@ from yolo_distill.config import find_recipe, load_yaml
 
 ROW_KINDS = ("train", "prune", "export")
 SETTINGS = ("data", "imgsz", "epochs", "batch", "seed", "export_imgsz", "device")
+REF_FIELDS = ("teacher", "from", "model", "distill_model")  # fields that may name an earlier row as "@row"
+
+
+def _refs(row: dict) -> list[str]:
+    """The ``@row`` references of ``row``, as written."""
+    return [v for v in (row.get(f) for f in REF_FIELDS) if isinstance(v, str) and v.startswith("@")]
 
 
 def _key(row: dict, settings: dict) -> str:
@@ -43,9 +49,9 @@ def _validate(recipe: dict, where: str) -> tuple[dict, list[dict]]:
         rr = r.get("repeats", 1)
         if not isinstance(rr, int) or isinstance(rr, bool) or rr < 1:
             raise ValueError(f"{where}: rows[{i}] ({r['name']}): repeats must be an integer >= 1, got {rr!r}")
-        for ref in ("teacher", "from"):
-            if isinstance(r.get(ref), str) and r[ref].startswith("@") and r[ref][1:] not in names:
-                raise ValueError(f"{where}: rows[{i}] refers to {r[ref]} before it is defined")
+        for ref in _refs(r):
+            if ref[1:] not in names:
+                raise ValueError(f"{where}: rows[{i}] refers to {ref} before it is defined")
         names.add(r["name"])
     settings = {k: recipe.get(k) for k in SETTINGS if k in recipe}
     return settings, rows
@@ -206,10 +212,11 @@ def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, s
     base_seed = settings.get("seed", 0)
     table: list[dict] = []
     done: dict[str, dict] = {}  # the latest finished seed of each row, for "@row" references
-    for rep in range(max([reps] + [int(r.get("repeats", reps)) for r in rows])):
+    row_reps = {r["name"]: int(r.get("repeats", reps)) for r in rows}
+    for rep in range(max([reps, *row_reps.values()])):
         s = {**settings, "seed": base_seed + rep}
         for row in rows:
-            if rep >= int(row.get("repeats", reps)):
+            if rep >= row_reps[row["name"]]:
                 continue
             key = _key(row, s)
             if key in cache and Path(cache[key].get("checkpoint", "")).exists():
@@ -218,8 +225,7 @@ def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, s
                 print(f"bench: {row['name']} (seed {s['seed']}) not run yet: left out of the report")
                 continue
             else:
-                missing = [v for v in (row.get("teacher"), row.get("from"), row.get("model"), row.get("distill_model"))
-                           if isinstance(v, str) and v.startswith("@") and v[1:] not in done]  # fmt: skip
+                missing = [v for v in _refs(row) if v[1:] not in done]
                 if missing:
                     raise ValueError(f"{row['name']} needs {missing} finished first; add them to only= or drop only=")
                 print(f"bench: running {row['name']} (seed {s['seed']})", flush=True)
