@@ -135,9 +135,10 @@ def run_demo(
     )
 
     _stage(6, n, "summary", t0)
-    print(f"\n{'model':<32}{'params':>11}{'GFLOPs':>9}{'mAP50-95':>10}{'ONNX ms':>9}")
+    w = max(len(r["model"]) for r in rows) + 2
+    print(f"\n{'model':<{w}}{'params':>11}{'GFLOPs':>9}{'mAP50-95':>10}{'ONNX ms':>9}")
     for r in rows:
-        print(f"{r['model']:<32}{r['params']:>11,}{r['gflops']:>9.2f}{r['map']:>10.4f}{r['onnx_ms']:>9.2f}")
+        print(f"{r['model']:<{w}}{r['params']:>11,}{r['gflops']:>9.2f}{r['map']:>10.4f}{r['onnx_ms']:>9.2f}")
     if rows[1]["map"] < 0.01 and epochs < 20:
         print(
             f"\nThe from-scratch students are near 0 after {epochs} epochs: YOLO11n needs about 20 epochs on `shapes` "
