@@ -264,6 +264,8 @@ def test_bad_teacher_stops_before_training(tmp_path, tiny_data, ckpt_factory, ca
         ({"losses": [{"name": "ld", "params": {"temperature": -2}}]}, "temperature must be > 0"),
         ({"losses": [], "schedul": {}}, r"unknown key\(s\) \['schedul'\]"),
         ({"losses": [{"name": "cwd", "params": {"taux": 1}}]}, "bad params"),
+        ({"losses": [], "schedule": {"stop_at_teacher": "yes"}}, "stop_at_teacher must be true or false"),
+        ({"losses": [], "mode": "online", "schedule": {"stop_at_teacher": True}}, "stop_at_teacher needs a fixed"),
     ],
 )
 def test_bad_recipe_stops_before_training(tmp_path, tiny_data, ckpt_factory, recipe, match):
@@ -388,3 +390,37 @@ def test_every_kd_term_stays_fp32_and_finite_under_autocast(ckpt_factory):
     vec.sum().backward()
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in student.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+
+
+class _StrongTeacherTrainer(DistillationTrainer):
+    """A teacher whose measured mAP no student reaches (the gate must then leave KD on)."""
+
+    def _teacher_map(self) -> float:
+        return 1.0
+
+
+@pytest.mark.parametrize("trainer_cls,stops", [(DistillationTrainer, True), (_StrongTeacherTrainer, False)])
+def test_stop_at_teacher_turns_kd_off_once_the_student_reaches_the_teacher(
+    tmp_path, tiny_data, ckpt_factory, trainer_cls, stops
+):
+    """An untrained teacher scores 0 mAP, which the student reaches at once: KD must be 0 from epoch 2 on."""
+    recipe = {"losses": [{"name": "binary_kd", "weight": 1.0}], "schedule": {"stop_at_teacher": True}}
+    tr = trainer_cls(
+        overrides=dict(
+            model="yolo11n.yaml",
+            data=str(tiny_data),
+            teacher=str(ckpt_factory("yolo11s.yaml")),
+            distill=recipe,
+            **train_args(tmp_path, epochs=2),
+        )
+    )
+    tr.train()
+    rows = _rows(tr.save_dir)
+    assert len(rows) == 2
+    assert tr.distill.teacher_map is not None, "the teacher was never measured"
+    assert float(rows[0]["train/kd_bkd"]) > 0, f"KD must be on in epoch 1: {rows[0]}"
+    assert tr.distill.stopped is stops, f"teacher mAP {tr.distill.teacher_map}, rows {rows}"
+    kd2 = float(rows[1]["train/kd_bkd"])
+    assert (kd2 == 0) is stops, f"epoch 2 KD {kd2} (stop expected: {stops})"
+    # once stopped, training still works and the saved student is a plain checkpoint
+    assert tr.best.exists()

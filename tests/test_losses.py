@@ -135,7 +135,12 @@ def test_every_shipped_recipe_loads():
     names = sorted(p.stem for p in (CONFIG_ROOT / "distill").glob("*.yaml"))
     assert {"default", "logit", "ld", "cwd", "mgd", "pkd", "attention"} <= set(names)
     for n in names:
-        assert load_distill_recipe(n).losses, f"recipe {n} has no losses"
+        recipe = load_distill_recipe(n)
+        assert recipe.losses, f"recipe {n} has no losses"
+        # the plain form travels through Ultralytics' args (DDP rebuild, resume): it must rebuild the same recipe
+        assert type(recipe).from_dict(recipe.to_dict()) == recipe, f"recipe {n} does not survive to_dict/from_dict"
+    assert load_distill_recipe("finetune").schedule.stop_at_teacher
+    assert "stop_at_teacher" not in load_distill_recipe("default").to_dict()["schedule"]
 
 
 def test_schedule_factors():

@@ -78,17 +78,24 @@ class Schedule:
         kind: one of ``constant``, ``linear_warmup``, ``cosine_warmup``, ``linear_decay``, ``cosine_decay``.
         epochs: length of the warm-up, or of the decay (0 = the whole run).
         final: the factor reached at the end of a decay.
+        stop_at_teacher: switch KD off for the rest of the run once the student's validation mAP50-95 reaches the
+            teacher's (measured once, on the same val set, at the first validation), so a weak teacher cannot
+            hold back a student that has overtaken it (e.g. a lightly pruned model). Needs ``val=True``; offline
+            mode only.
     """
 
     kind: str = "constant"
     epochs: int = 0
     final: float = 0.0
+    stop_at_teacher: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULES:
             raise ValueError(f"schedule kind {self.kind!r} is not one of {SCHEDULES}")
         if self.epochs < 0 or not 0 <= self.final <= 1:
             raise ValueError(f"schedule needs epochs >= 0 and 0 <= final <= 1, got {self.epochs}, {self.final}")
+        if not isinstance(self.stop_at_teacher, bool):
+            raise ValueError(f"schedule: stop_at_teacher must be true or false, got {self.stop_at_teacher!r}")
 
     def factor(self, epoch: float, total: int) -> float:
         """The KD weight factor at (fractional) ``epoch`` of a ``total``-epoch run."""
@@ -132,6 +139,8 @@ class DistillRecipe:
             raise ValueError(f"branch must be 'one2many' or 'both', got {self.branch!r}")
         if self.mode not in ("offline", "online"):
             raise ValueError(f"mode must be 'offline' or 'online', got {self.mode!r}")
+        if self.mode == "online" and self.schedule.stop_at_teacher:
+            raise ValueError("schedule: stop_at_teacher needs a fixed teacher (mode: offline); online, it trains too")
         names = [t.name for t in self.losses]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -157,8 +166,15 @@ class DistillRecipe:
         return recipe
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (builtins only), safe to store in Ultralytics' args and checkpoints."""
-        return dataclasses.asdict(self)
+        """Plain data (builtins only), safe to store in Ultralytics' args and checkpoints.
+
+        ``schedule.stop_at_teacher`` appears only when on, so the plain form of a recipe that does not use it (and
+        with it the benchmark's cache key of rows that ran before the option existed) stays as it was.
+        """
+        data = dataclasses.asdict(self)
+        if not data["schedule"]["stop_at_teacher"]:
+            del data["schedule"]["stop_at_teacher"]
+        return data
 
 
 def find_recipe(name_or_path: str | Path, kind: str) -> Path:

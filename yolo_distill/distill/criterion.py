@@ -51,6 +51,8 @@ class DistillContext:
         self.teacher_det = None  # online mode: the teacher's own detection loss (built on first use)
         self.strides = student.stride.clone()
         self.factor = 1.0
+        self.stopped = False  # schedule.stop_at_teacher: set once the student's val mAP reached the teacher's
+        self.teacher_map: float | None = None  # the teacher's val mAP50-95, measured when stop_at_teacher asks
         self.terms: list[tuple[KDTerm, KDLoss]] = []
         self.connectors = nn.ModuleDict()
         self.student_recorders: dict[str, FeatureRecorder] = {}
@@ -128,8 +130,8 @@ class DistillContext:
         return self
 
     def set_epoch(self, epoch: float, total: int) -> None:
-        """Update the schedule factor for ``epoch`` of a ``total``-epoch run."""
-        self.factor = self.recipe.schedule.factor(epoch, total)
+        """Update the schedule factor for ``epoch`` of a ``total``-epoch run (0 once KD was stopped)."""
+        self.factor = 0.0 if self.stopped else self.recipe.schedule.factor(epoch, total)
 
     # -- copy semantics -----------------------------------------------------------------------------------------
     def __deepcopy__(self, memo: dict) -> DistillContext:
@@ -177,6 +179,9 @@ class DistillContext:
             The terms as a vector (per image; the criterion multiplies by B) and a dict of their detached values.
         """
         img = batch["img"]
+        if self.stopped and not self.online:  # KD is off for good: skip the teacher's forward pass too
+            vec = img.new_zeros(len(self.terms), dtype=torch.float32)
+            return vec, dict(zip(self.names(), vec))
         s_br = head_outputs(student_preds)
         t_br_live, t_layers, t_preds = self.teacher_forward(img)
         t_br = {k: _detached(v) for k, v in t_br_live.items()}

@@ -182,15 +182,48 @@ class DistillationTrainer(DetectionTrainer):
         )
 
     def validate(self):
-        """Ultralytics' validation, with layer recorders attached to the EMA for the KD terms of the val loss."""
-        recs = list(self.distill.student_recorders.values()) if self.distill is not None and self.ema else []
+        """Ultralytics' validation, with layer recorders attached to the EMA for the KD terms of the val loss.
+
+        With ``schedule.stop_at_teacher`` it also measures the teacher once and switches KD off for good when the
+        student's mAP50-95 reaches it (decided on rank 0, shared with the other ranks at the next epoch start).
+        """
+        ctx = self.distill
+        gate = ctx is not None and self.recipe.schedule.stop_at_teacher and not ctx.stopped
+        if gate and ctx.teacher_map is None:
+            ctx.teacher_map = self._teacher_map()
+        recs = list(ctx.student_recorders.values()) if ctx is not None and self.ema else []
         for r in recs:
             r.attach(self.ema.ema)
         try:
-            return super().validate()
+            metrics, fitness = super().validate()
         finally:
             for r in recs:
                 r.detach()
+        key = "metrics/mAP50-95(B)"
+        if gate and metrics and key in metrics and ctx.teacher_map is not None and metrics[key] >= ctx.teacher_map:
+            ctx.stopped = True
+            log.info(
+                "yolo_distill: student mAP50-95 %.4f reached the teacher's %.4f after epoch %d: KD is off from here "
+                "(schedule.stop_at_teacher)",
+                metrics[key],
+                ctx.teacher_map,
+                self.epoch + 1,
+            )
+        return metrics, fitness
+
+    def _teacher_map(self) -> float | None:
+        """The teacher's mAP50-95 on this run's val set, through Ultralytics' validator (on a fused copy)."""
+        from copy import deepcopy
+
+        from ultralytics.models.yolo.detect import DetectionValidator
+
+        args = vars(strip_extra(self.args)) | dict(mode="val", plots=False, save_json=False, half=False)
+        validator = DetectionValidator(self.test_loader, save_dir=self.save_dir, args=args)
+        stats = validator(model=deepcopy(self.distill.teacher).eval())
+        value = stats.get("metrics/mAP50-95(B)") if stats else None  # other DDP ranks get no stats
+        if value is not None:
+            log.info("yolo_distill: teacher mAP50-95 on val %.4f (schedule.stop_at_teacher)", value)
+        return None if value is None else float(value)
 
     def optimizer_step(self) -> None:
         """Clip the connectors' gradients (Ultralytics clips only the model's), add BN sparsity, then step."""
@@ -228,8 +261,14 @@ def _install_criterion(trainer: DistillationTrainer) -> None:
 
 
 def _set_epoch(trainer: DistillationTrainer) -> None:
-    if trainer.distill is not None:
-        trainer.distill.set_epoch(trainer.epoch, trainer.epochs)
+    ctx = trainer.distill
+    if ctx is None:
+        return
+    if trainer.world_size > 1 and trainer.recipe.schedule.stop_at_teacher:  # rank 0 decided (it holds the metrics)
+        flag = [ctx.stopped if RANK == 0 else None]
+        torch.distributed.broadcast_object_list(flag, 0)
+        ctx.stopped = bool(flag[0])
+    ctx.set_epoch(trainer.epoch, trainer.epochs)
 
 
 def _attach_student_recorders(trainer: DistillationTrainer) -> None:
