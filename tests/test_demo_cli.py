@@ -163,3 +163,15 @@ def test_second_run_never_overwrites_the_first(tmp_path, tiny_data):
     )
     b.train()
     assert b.save_dir != a.save_dir and a.last.read_bytes() == first
+
+
+@pytest.mark.parametrize("verbose,shown", [("True", True), ("False", False)])
+def test_our_info_messages_reach_stdout_at_ultralytics_verbosity(verbose, shown):
+    """Our log lines (teacher loaded, KD stopped, font copied) must be visible as Ultralytics' are, not dropped."""
+    import os
+
+    code = "import logging, yolo_distill; logging.getLogger('yolo_distill').info('yolo_distill: probe-line')"
+    env = {**os.environ, "YOLO_VERBOSE": verbose}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert ("probe-line" in out.stdout) is shown, f"YOLO_VERBOSE={verbose}: stdout {out.stdout!r}"
