@@ -87,6 +87,7 @@ class DistillationTrainer(DetectionTrainer):
         self._teacher_src = teacher
         self.recipe = recipe
         self.distill: DistillContext | None = None
+        self._teacher_measured = False  # schedule.stop_at_teacher: the teacher's val mAP is measured once
         if RANK in {-1, 0}:
             from ultralytics.utils import YAML
 
@@ -189,8 +190,9 @@ class DistillationTrainer(DetectionTrainer):
         """
         ctx = self.distill
         gate = ctx is not None and self.recipe.schedule.stop_at_teacher and not ctx.stopped
-        if gate and ctx.teacher_map is None:
-            ctx.teacher_map = self._teacher_map()
+        if gate and not self._teacher_measured:  # once, on every rank (the validator's gathers are collective)
+            ctx.teacher_map = self._teacher_map()  # None on ranks > 0, which get the decision by broadcast
+            self._teacher_measured = True
         recs = list(ctx.student_recorders.values()) if ctx is not None and self.ema else []
         for r in recs:
             r.attach(self.ema.ema)
