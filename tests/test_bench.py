@@ -49,6 +49,21 @@ def test_mini_bench_report_and_resume(tmp_path, monkeypatch, tiny_data):
     assert rows["compact_int8"]["int8_ms"] > 0 and rows["compact_int8"]["params"] == rows["student_kd"]["params"]
     assert set(rows["compact_int8"]["onnx_map50_95"]) == {"onnx_fp32", "onnx_int8"}
     assert "| compact_int8 | " in report.split("ONNX models run by ONNX Runtime")[1]
+    # the KD step overhead column: measured for the KD student only
+    assert rows["student_kd"]["kd_step_vs_plain"] > 0 and rows["student_kd"]["kd_step_vs_native"] > 0
+    assert "kd_step_vs_plain" not in rows["student_native"] and "KD step x plain / x native" in report
+    kd_line = next(line for line in report.splitlines() if line.startswith("| student_kd |"))
+    assert kd_line.split("|")[10].strip() != "-", kd_line
+    # a row finished before the column existed gets it measured on the next run, without training again
+    cache_file = tmp_path / "b" / "results.json"
+    cache = json.loads(cache_file.read_text())
+    for entry in cache.values():
+        entry.pop("kd_step_vs_plain", None)
+        entry.pop("kd_step_vs_native", None)
+    cache_file.write_text(json.dumps(cache))
+    calls.clear()
+    again = {r["name"]: r for r in runner.run_bench("mini", out=str(tmp_path / "b"))["rows"]}
+    assert calls == [] and again["student_kd"]["kd_step_vs_plain"] > 0
 
 
 def test_bench_recipe_errors(tmp_path):

@@ -169,8 +169,28 @@ def _run_row(row: dict, s: dict, done: dict[str, dict], out: Path) -> dict:
     res["onnx_ms"] = lat["onnx_fp32"]["median"]
     res["torch_ms"] = lat["torch_fp32"]["median"]
     res["int8_ms"] = lat.get("onnx_int8", {}).get("median")
+    if _has_step_cost(row):
+        res.update(_kd_step_cost(row, s, done))
     res["seconds"] = time.time() - t0
     return res
+
+
+def _has_step_cost(row: dict) -> bool:
+    """KD student rows (a YAML student and a teacher) get the KD step overhead column."""
+    return row["kind"] == "train" and bool(row.get("teacher")) and str(row.get("model", "")).endswith(".yaml")
+
+
+def _kd_step_cost(row: dict, s: dict, done: dict[str, dict]) -> dict[str, float]:
+    """One training step of this row's student with our KD, plain, and with Ultralytics' ``distill_model=``.
+
+    Interleaved steps at the bench's imgsz and batch (ratios hold under machine noise; absolute times do not).
+    """
+    from yolo_distill.bench.step_cost import measure
+
+    r = measure(student=row["model"], teacher=_resolve(row["teacher"], done), imgsz=s.get("imgsz", 256),
+                batch=s.get("batch", 16), steps=4, recipe=row.get("recipe", "default"), device=s.get("device", "cpu"),
+                memory=False)  # fmt: skip
+    return {"kd_step_vs_plain": r["ours_vs_plain_time"], "kd_step_vs_native": r["ours_vs_native_time"]}
 
 
 def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, seed: int | None = None,
@@ -221,6 +241,14 @@ def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, s
             key = _key(row, s)
             if key in cache and Path(cache[key].get("checkpoint", "")).exists():
                 print(f"bench: {row['name']} (seed {s['seed']}) cached")
+                if (
+                    _has_step_cost(row)
+                    and "kd_step_vs_plain" not in cache[key]
+                    and not report_only
+                    and (not only or row["name"] in only)
+                ):  # a row finished before the column existed: measure it (a few steps, no training)
+                    cache[key].update(_kd_step_cost(row, s, done))
+                    res_file.write_text(json.dumps(cache, indent=2))
             elif report_only or (only and row["name"] not in only):
                 print(f"bench: {row['name']} (seed {s['seed']}) not run yet: left out of the report")
                 continue
@@ -248,10 +276,13 @@ def write_report(table: list[dict], out_dir: Path, recipe_name: str) -> Path:
         "",
         "Latency columns are measured per row, one row after another: compare them only for rows that ran on an idle",
         "machine, or use `yolo_distill.export.latency.compare_onnx` for side-by-side ratios. Train s: training time",
-        "of the row (a resumed row keeps the time of the run that trained it).",
+        "of the row (a resumed row keeps the time of the run that trained it). KD step: one training step of a KD",
+        "student with our recipe, as a multiple of a plain step / of an Ultralytics `distill_model=` step (same",
+        "teacher, imgsz and batch; measured interleaved).",
         "",
-        "| row | params | GFLOPs | mAP50 | mAP50-95 | ONNX ms | INT8 ms | PyTorch ms | train s | seeds |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| row | params | GFLOPs | mAP50 | mAP50-95 | ONNX ms | INT8 ms | PyTorch ms | train s "
+        "| KD step x plain / x native | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     summary = []
     for n in names:
@@ -263,9 +294,10 @@ def write_report(table: list[dict], out_dir: Path, recipe_name: str) -> Path:
         int8 = f"{r0['int8_ms']:.2f}" if r0.get("int8_ms") else "-"
         pt = f"{r0['torch_ms']:.1f}" if r0.get("torch_ms") else "-"
         secs = statistics.fmean(r.get("train_seconds", r["seconds"]) for r in rs)
+        kd = f"{r0['kd_step_vs_plain']:.2f} / {r0['kd_step_vs_native']:.2f}" if "kd_step_vs_plain" in r0 else "-"
         lines.append(
             f"| {n} | {r0['params']:,} | {r0['gflops']:.2f} | {statistics.fmean(r['map50'] for r in rs):.4f} | "
-            f"{mean:.4f}{spread} | {r0['onnx_ms']:.2f} | {int8} | {pt} | {secs:.0f} "
+            f"{mean:.4f}{spread} | {r0['onnx_ms']:.2f} | {int8} | {pt} | {secs:.0f} | {kd} "
             f"| {len(rs)} |"
         )
         summary.append((n, r0["gflops"], r0["onnx_ms"], mean, r0.get("curve", [])))
