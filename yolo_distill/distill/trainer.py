@@ -154,6 +154,11 @@ class DistillationTrainer(DetectionTrainer):
                 if state.get("teacher") is not None:
                     self.distill.teacher.load_state_dict(state["teacher"])
                 log.info("yolo_distill: restored distillation state from %s", f)
+        if self.recipe.schedule.stop_at_teacher and not self.args.val:
+            log.warning(
+                "yolo_distill: schedule.stop_at_teacher needs val=True (it compares each epoch's validation mAP with "
+                "the teacher's); with val=False KD stays on for the whole run"
+            )
         if RANK in {-1, 0}:
             terms = ", ".join(f"{t.name}x{t.weight:g}" for t, _ in self.distill.terms) or "none"
             log.info(
