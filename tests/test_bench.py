@@ -177,10 +177,18 @@ def test_row_repeats_and_only(tmp_path, monkeypatch):
         return {"name": row["name"], "kind": "train", "checkpoint": str(ck), "map50_95": m, "map50": m, "params": 1,
                 "gflops": 1.0, "onnx_ms": 1.0, "seconds": 1.0}  # fmt: skip
 
+    step_costs = []
+
+    def fake_step_cost(row, s, done):
+        step_costs.append((row["name"], s["seed"]))
+        return {"kd_step_vs_plain": 2.0, "kd_step_vs_native": 1.0}
+
     monkeypatch.setattr(runner, "_run_row", fake)
+    monkeypatch.setattr(runner, "_kd_step_cost", fake_step_cost)
     monkeypatch.setattr("yolo_distill.data.builtin.resolve_data", lambda d: d)
     runner.run_bench(str(recipe), out=str(tmp_path / "b"))
     assert [c[:2] for c in calls] == [("teacher", 0), ("plain", 0), ("kd", 0)]
+    assert step_costs == [], "the fake rows carry no step cost until they are found cached"
     # two seeds for the rows whose difference is the claim: seed 0 stays cached, seed 1 distils from teacher seed 0
     recipe.write_text(recipe.read_text().replace("model: b.yaml}", "model: b.yaml, repeats: 2}").replace(
         "teacher: '@teacher'}", "teacher: '@teacher', repeats: 2}"))  # fmt: skip
@@ -189,6 +197,7 @@ def test_row_repeats_and_only(tmp_path, monkeypatch):
         runner.run_bench(str(recipe), out=str(tmp_path / "b"), only="nope")
     res = runner.run_bench(str(recipe), out=str(tmp_path / "b"), only="kd")
     assert [c[:2] for c in calls] == [("kd", 1)], f"only=kd must run kd's new seed alone, ran {calls}"
+    assert step_costs == [("kd", 0)], f"only the cached KD row lacking the column is measured: {step_costs}"
     assert calls[0][2].endswith("teacher_0.pt")
     assert sorted((r["name"], r["seed"]) for r in res["rows"]) == [
         ("kd", 0), ("kd", 1), ("plain", 0), ("teacher", 0)]  # fmt: skip
