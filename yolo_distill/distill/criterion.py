@@ -130,8 +130,8 @@ class DistillContext:
         return self
 
     def set_epoch(self, epoch: float, total: int) -> None:
-        """Update the schedule factor for ``epoch`` of a ``total``-epoch run (0 once KD was stopped)."""
-        self.factor = 0.0 if self.stopped else self.recipe.schedule.factor(epoch, total)
+        """Update the schedule factor for ``epoch`` of a ``total``-epoch run."""
+        self.factor = self.recipe.schedule.factor(epoch, total)
 
     # -- copy semantics -----------------------------------------------------------------------------------------
     def __deepcopy__(self, memo: dict) -> DistillContext:
@@ -179,7 +179,7 @@ class DistillContext:
             The terms as a vector (per image; the criterion multiplies by B) and a dict of their detached values.
         """
         img = batch["img"]
-        if self.stopped and not self.online:  # KD is off for good: skip the teacher's forward pass too
+        if self.stopped:  # KD is off for good (offline only, the recipe check ensures): skip the teacher's forward
             vec = img.new_zeros(len(self.terms), dtype=torch.float32)
             return vec, dict(zip(self.names(), vec))
         s_br = head_outputs(student_preds)
