@@ -88,19 +88,35 @@ def test_step_cost_table_has_all_configs(ckpt_factory, capsys):
     assert res["ours_vs_native_time"] > 0 and "ours / native" in capsys.readouterr().out
 
 
-def test_cache_key_follows_recipe_contents(monkeypatch):
+def test_cache_key_follows_what_the_row_computes(monkeypatch):
     from yolo_distill.config import load_distill_recipe
 
-    row, settings = {"name": "s", "kind": "train", "teacher": "@t", "recipe": "cwd"}, {"imgsz": 64}
-    k1 = runner._key(row, settings)
-    assert runner._key(dict(row), settings) == k1
+    row, settings, refs = {"name": "s", "kind": "train", "teacher": "@t", "recipe": "cwd"}, {"imgsz": 64}, {"t": "k0"}
+    k1 = runner._key(row, settings, refs)
+    assert runner._key(dict(row), settings, dict(refs)) == k1
+    assert runner._key({**row, "name": "renamed"}, settings, refs) == k1, "a row's name is a label, not its identity"
+    assert runner._key(row, settings, {"t": "k1"}) != k1, "a row built on a recomputed row must be recomputed"
+    assert runner._key(row, settings, {}) is None, "no key while the referenced row has no result"
+    assert runner._key({**row, "recipe": "pkd"}, settings, refs) != k1
+    cwd = load_distill_recipe("cwd")
+    monkeypatch.setattr("yolo_distill.config.load_distill_recipe", lambda r: cwd)
+    assert runner._key({**row, "recipe": "cwd_copy"}, settings, refs) == k1, "a renamed recipe file is the same recipe"
     edited = load_distill_recipe("cwd")
     edited.losses[0].weight = 2.0
     monkeypatch.setattr("yolo_distill.config.load_distill_recipe", lambda r: edited)
-    assert runner._key(row, settings) != k1
-    assert runner._key({"name": "t", "kind": "train", "teacher": None}, settings) == runner._key(
-        {"name": "t", "kind": "train", "teacher": None}, settings
-    )
+    assert runner._key(row, settings, refs) != k1, "editing the recipe file must rerun the row"
+    plain = {"name": "t", "kind": "train", "teacher": None}
+    assert runner._key(plain, settings, {}) == runner._key({**plain, "recipe": "ignored"}, settings, {})
+
+
+def test_results_written_by_another_bench_process_are_kept(tmp_path):
+    """Two ``only=`` benches side by side: each one's finished rows survive the other's writes."""
+    res = tmp_path / "results.json"
+    mine = runner._save(res, "a", {"name": "a"})
+    res.write_text(json.dumps({**mine, "b": {"name": "b"}}))  # the other process finished row b meanwhile
+    runner._save(res, "c", {"name": "c"})
+    assert sorted(json.loads(res.read_text())) == ["a", "b", "c"]
+    assert not res.with_name("results.json.tmp").exists()
 
 
 def test_shipped_bench_recipes_validate():
@@ -206,6 +222,14 @@ def test_row_repeats_and_only(tmp_path, monkeypatch):
     assert [c[:2] for c in calls] == [("plain", 1)]
     report = (tmp_path / "b" / "report.md").read_text()
     assert "| kd | 1 | 1.00 | 0.1550 | 0.1550 ± 0.0071 |" in report, report
+    # renaming a row reruns nothing; changing the teacher reruns the teacher and the rows built on it, not the rest
+    recipe.write_text(recipe.read_text().replace("name: plain,", "name: plain_renamed,"))
+    calls.clear()
+    res = runner.run_bench(str(recipe), out=str(tmp_path / "b"))
+    assert calls == [] and {r["name"] for r in res["rows"]} == {"teacher", "plain_renamed", "kd"}
+    recipe.write_text(recipe.read_text().replace("model: a.yaml}", "model: a.yaml, epochs: 3}"))
+    runner.run_bench(str(recipe), out=str(tmp_path / "b"))
+    assert [c[:2] for c in calls] == [("teacher", 0), ("kd", 0), ("kd", 1)], calls
     recipe.write_text(recipe.read_text().replace("repeats: 2", "repeats: 0"))
     with pytest.raises(ValueError, match="repeats must be an integer >= 1"):
         runner.run_bench(str(recipe), out=str(tmp_path / "b"))

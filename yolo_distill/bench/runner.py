@@ -1,7 +1,8 @@
 """Benchmark runner: rows of train / prune / export runs with one seed and budget, cached and resumable.
 
-A row is recomputed only when its spec, the bench settings or the yolo_distill version change; ``results.json``
-is written after every row, so a killed bench continues where it stopped.
+A row is recomputed only when what it computes changes: its spec, the bench settings, the yolo_distill version, the
+recipe it distils with, or a row it builds on (see ``_key``). ``results.json`` is written after every row, so a
+killed bench continues where it stopped.
 """
 
 from __future__ import annotations
@@ -24,17 +25,44 @@ def _refs(row: dict) -> list[str]:
     return [v for v in (row.get(f) for f in REF_FIELDS) if isinstance(v, str) and v.startswith("@")]
 
 
-def _key(row: dict, settings: dict) -> str:
-    """Cache key: the row, the bench settings, the package version and, for KD rows, the recipe's contents."""
+def _key(row: dict, settings: dict, ref_keys: dict[str, str]) -> str | None:
+    """Cache key: what the row computes, so a result is reused exactly when it would come out the same.
+
+    That is the row's spec without its name (a label: two rows that compute the same thing share one result), the
+    bench settings, the package version, for KD rows the recipe's contents (not its file name), and for each
+    ``@row`` reference the key of the referenced result, so a row built on a row that was recomputed is recomputed
+    too. None when a referenced row has no result yet.
+    """
     from yolo_distill import __version__
 
-    spec = {k: v for k, v in row.items() if k != "repeats"}  # more seeds of a row keep its finished ones
-    if row.get("teacher"):  # editing a recipe file must rerun the rows that use it
+    spec = {k: v for k, v in row.items() if k not in ("name", "repeats", "recipe")}
+    for f in REF_FIELDS:
+        v = row.get(f)
+        if isinstance(v, str) and v.startswith("@"):
+            if v[1:] not in ref_keys:
+                return None
+            spec[f] = "@" + ref_keys[v[1:]]
+    if row.get("teacher"):  # editing a recipe file must rerun the rows that use it; renaming it must not
         from yolo_distill.config import load_distill_recipe
 
         spec["recipe_resolved"] = load_distill_recipe(row.get("recipe", "default")).to_dict()
     blob = json.dumps({"row": spec, "settings": settings, "version": __version__}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _save(res_file: Path, key: str, entry: dict) -> dict:
+    """Write one finished row into ``results.json`` and return the whole cache.
+
+    Reads the file again first, so rows that another bench process (``only=`` runs side by side) finished since this
+    one started are kept, never overwritten; the write goes through a temporary file, so a kill mid-write leaves the
+    previous file intact.
+    """
+    cache = json.loads(res_file.read_text()) if res_file.exists() else {}
+    cache[key] = entry
+    tmp = res_file.with_name(res_file.name + ".tmp")
+    tmp.write_text(json.dumps(cache, indent=2))
+    tmp.replace(res_file)
+    return cache
 
 
 def _validate(recipe: dict, where: str) -> tuple[dict, list[dict]]:
@@ -232,13 +260,14 @@ def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, s
     base_seed = settings.get("seed", 0)
     table: list[dict] = []
     done: dict[str, dict] = {}  # the latest finished seed of each row, for "@row" references
+    done_keys: dict[str, str] = {}  # and its cache key
     row_reps = {r["name"]: int(r.get("repeats", reps)) for r in rows}
     for rep in range(max([reps, *row_reps.values()])):
         s = {**settings, "seed": base_seed + rep}
         for row in rows:
             if rep >= row_reps[row["name"]]:
                 continue
-            key = _key(row, s)
+            key = _key(row, s, done_keys)
             if key in cache and Path(cache[key].get("checkpoint", "")).exists():
                 print(f"bench: {row['name']} (seed {s['seed']}) cached")
                 if (
@@ -247,8 +276,7 @@ def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, s
                     and not report_only
                     and (not only or row["name"] in only)
                 ):  # a row finished before the column existed: measure it (a few steps, no training)
-                    cache[key].update(_kd_step_cost(row, s, done))
-                    res_file.write_text(json.dumps(cache, indent=2))
+                    cache = _save(res_file, key, {**cache[key], **_kd_step_cost(row, s, done)})
             elif report_only or (only and row["name"] not in only):
                 print(f"bench: {row['name']} (seed {s['seed']}) not run yet: left out of the report")
                 continue
@@ -257,10 +285,9 @@ def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, s
                 if missing:
                     raise ValueError(f"{row['name']} needs {missing} finished first; add them to only= or drop only=")
                 print(f"bench: running {row['name']} (seed {s['seed']})", flush=True)
-                cache[key] = _run_row(row, s, done, out_dir)
-                res_file.write_text(json.dumps(cache, indent=2))
-            done[row["name"]] = cache[key]
-            table.append({**cache[key], "seed": s["seed"]})
+                cache = _save(res_file, key, _run_row(row, s, done, out_dir))
+            done[row["name"]], done_keys[row["name"]] = cache[key], key
+            table.append({**cache[key], "name": row["name"], "seed": s["seed"]})
             write_report(table, out_dir, path.name)  # after every row: a killed bench still has its report
     write_report(table, out_dir, path.name)
     return {"rows": table, "out": str(out_dir)}
