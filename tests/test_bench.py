@@ -101,6 +101,8 @@ def test_cache_key_follows_what_the_row_computes(monkeypatch):
     cwd = load_distill_recipe("cwd")
     monkeypatch.setattr("yolo_distill.config.load_distill_recipe", lambda r: cwd)
     assert runner._key({**row, "recipe": "cwd_copy"}, settings, refs) == k1, "a renamed recipe file is the same recipe"
+    cwd.description = "reworded"
+    assert runner._key(row, settings, refs) == k1, "a recipe's description is not what it computes"
     edited = load_distill_recipe("cwd")
     edited.losses[0].weight = 2.0
     monkeypatch.setattr("yolo_distill.config.load_distill_recipe", lambda r: edited)

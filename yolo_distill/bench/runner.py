@@ -29,9 +29,9 @@ def _key(row: dict, settings: dict, ref_keys: dict[str, str]) -> str | None:
     """Cache key: what the row computes, so a result is reused exactly when it would come out the same.
 
     That is the row's spec without its name (a label: two rows that compute the same thing share one result), the
-    bench settings, the package version, for KD rows the recipe's contents (not its file name), and for each
-    ``@row`` reference the key of the referenced result, so a row built on a row that was recomputed is recomputed
-    too. None when a referenced row has no result yet.
+    bench settings, the package version, for KD rows the recipe's contents (not its file name or description), and
+    for each ``@row`` reference the key of the referenced result, so a row built on a row that was recomputed is
+    recomputed too. None when a referenced row has no result yet.
     """
     from yolo_distill import __version__
 
@@ -45,7 +45,9 @@ def _key(row: dict, settings: dict, ref_keys: dict[str, str]) -> str | None:
     if row.get("teacher"):  # editing a recipe file must rerun the rows that use it; renaming it must not
         from yolo_distill.config import load_distill_recipe
 
-        spec["recipe_resolved"] = load_distill_recipe(row.get("recipe", "default")).to_dict()
+        resolved = load_distill_recipe(row.get("recipe", "default")).to_dict()
+        resolved.pop("description")  # free text
+        spec["recipe_resolved"] = resolved
     blob = json.dumps({"row": spec, "settings": settings, "version": __version__}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
