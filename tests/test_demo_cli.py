@@ -32,6 +32,14 @@ def test_every_command_has_help(cmd, capsys):
     assert f"yolo-distill {cmd}" in capsys.readouterr().out
 
 
+def test_train_help_lists_every_shipped_recipe(capsys):
+    from yolo_distill.config import CONFIG_ROOT
+
+    main(["train", "--help"])
+    listed = capsys.readouterr().out.split("Recipes: configs/distill/*.yaml (")[1].split(")")[0].split(", ")
+    assert listed[0] == "default" and sorted(listed) == sorted(p.stem for p in (CONFIG_ROOT / "distill").glob("*.yaml"))
+
+
 def test_unknown_key_lists_valid_keys(capsys):
     with pytest.raises(SystemExit, match=r"(?s)unknown key\(s\) \['epochz'\].*valid keys.*epochs"):
         main(["train", "model=yolo11n.yaml", "data=x.yaml", "epochz=3"])

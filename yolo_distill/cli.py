@@ -138,6 +138,14 @@ def _data(kv: dict[str, Any]) -> None:
         raise SystemExit("yolo-distill data: action= must be generate, coco, voc or check")
 
 
+def _shipped(kind: str) -> list[str]:
+    """Names of the shipped recipes of a kind (``configs/<kind>/*.yaml``), default first."""
+    from yolo_distill.config import CONFIG_ROOT
+
+    names = sorted(p.stem for p in (CONFIG_ROOT / kind).glob("*.yaml"))
+    return sorted(names, key=lambda n: n != "default")
+
+
 @dataclass(frozen=True)
 class Command:
     run: Callable[[dict[str, Any]], None]
@@ -149,7 +157,7 @@ COMMANDS: dict[str, Command] = {
         _train,
         "yolo-distill train model=STUDENT.yaml|.pt data=DATA.yaml|shapes [teacher=TEACHER.pt] [recipe=NAME|PATH.yaml]\n"
         "                   [sparsity=0.0] [any Ultralytics train key: epochs= imgsz= batch= project= name= ...]\n"
-        "Recipes: configs/distill/*.yaml (default, logit, logit_kl, ld, cwd, mgd, pkd, mimic, attention, self).\n"
+        f"Recipes: configs/distill/*.yaml ({', '.join(_shipped('distill'))}).\n"
         "A *.pt student (e.g. pruned.pt) is trained as the module it is: its pruned shapes are kept.",
     ),
     "prune": Command(
