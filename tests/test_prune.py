@@ -104,7 +104,7 @@ def test_pruning_a_pruned_model_is_reported(tmp_path, ckpt_factory):
         ({"gflops": 1000.0}, ValueError, "is not below the model's"),
         ({"gflops": 0.001, "scope": "backbone"}, ValueError, "unreachable"),
         ({"method": "random"}, ValueError, "method 'random' is not one of"),
-        ({"protect": ["model.99.conv"]}, ValueError, "no layer named 'model.99.conv'"),
+        ({"protect": ["model.99.conv"]}, ValueError, "no layer named 'model.99.conv'.*'head'"),
         ({"protect": [99]}, ValueError, "layer index 99 does not exist"),
         ({"method": "taylor"}, ValueError, "needs data="),
     ],
@@ -135,6 +135,19 @@ def test_bad_files(tmp_path, ckpt_factory):
     with pytest.raises(FileExistsError):
         prune_checkpoint(src, out=str(tmp_path / "taken.pt"))
     assert (tmp_path / "taken.pt").read_bytes() == b"user file"
+
+
+@pytest.mark.parametrize("family", ["v8", "11"])
+def test_protect_head_keeps_every_detect_conv(ckpt_factory, family):
+    """``protect=head`` names the Detect layer in any family (index 22 in YOLOv8, 23 in YOLO11)."""
+    model = load_model(ckpt_factory(FAMILIES[family]))
+    det = len(model.model) - 1
+    by_name, rep = prune_model(model, PruneConfig(ratio=0.5, imgsz=64, protect=["head"]))
+    by_index, _ = prune_model(model, PruneConfig(ratio=0.5, imgsz=64, protect=[det]))
+    assert conv_channels(by_name) == conv_channels(by_index)
+    head = {k: v for k, v in conv_channels(by_name).items() if k.startswith(f"model.{det}.")}
+    assert head and head == {k: v for k, v in conv_channels(model).items() if k.startswith(f"model.{det}.")}
+    assert rep["params_ratio"] < 0.8, "the rest of the model must still be pruned"
 
 
 def test_layer_ratios_prune_only_those_layers(ckpt_factory):

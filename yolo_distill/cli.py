@@ -163,8 +163,9 @@ COMMANDS: dict[str, Command] = {
     "prune": Command(
         _prune,
         "yolo-distill prune model=CKPT.pt (ratio=0.5 | gflops=G) [method=l1|l2|bn|taylor] [scope=backbone|all]\n"
-        "                   [data=DATA.yaml] [out=PRUNED.pt] [round_to=8] [max_layer_ratio=0.9] [protect=3,model.4]\n"
-        "                   [allocation=uniform|global|sensitivity max_drop=0.02] [val=True] [imgsz=640]\n"
+        "                   [data=DATA.yaml] [out=PRUNED.pt] [round_to=8] [max_layer_ratio=0.9]\n"
+        "                   [protect=head,3,model.4] [allocation=uniform|global|sensitivity max_drop=0.02] [val=True]\n"
+        "                   [imgsz=640]\n"
         "Writes PRUNED.pt (a stock Ultralytics checkpoint) and prune_report.json beside it.\n"
         "yolo-distill prune model=CKPT.pt data=DATA.yaml recipe=iterative|oneshot|PATH.yaml [out=..] [steps=..]\n"
         "                   iterative pruning (configs/prune/): prune, fine-tune with KD from CKPT, repeat.",

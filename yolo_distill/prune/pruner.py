@@ -39,7 +39,8 @@ class PruneConfig:
         scope: ``backbone`` (classic) or ``all`` (backbone and neck); Detect's output convs never change.
         round_to: channel counts are kept multiples of this.
         max_layer_ratio: no layer loses more than this fraction of its channels.
-        protect: layer indices (``3``) or module names (``model.3.cv1``) never pruned.
+        protect: layer indices (``3``), module names (``model.3.cv1``) or ``head`` (the Detect layer: its inner
+            convs keep their width, as in Torch-Pruning's YOLOv8 example) never pruned.
         imgsz: image size for GFLOPs.
         layer_ratios: per-layer channel ratios by layer index (non-uniform allocation, e.g. from a sensitivity
             scan); layers not listed use ``ratio``.
@@ -137,6 +138,8 @@ def _ignored(model: nn.Module, cfg: PruneConfig, n_backbone: int) -> list[nn.Mod
                 ignored += [m for m in layer.modules() if isinstance(m, nn.Conv2d)]
     names = dict(model.named_modules())
     for p in cfg.protect:
+        if p == "head":  # the Detect layer, whatever its index in this family
+            p = len(model.model) - 1
         if isinstance(p, int) or (isinstance(p, str) and p.isdigit()):
             i = int(p)
             if not 0 <= i < len(model.model):
@@ -145,7 +148,9 @@ def _ignored(model: nn.Module, cfg: PruneConfig, n_backbone: int) -> list[nn.Mod
         elif p in names:
             ignored += [m for m in names[p].modules() if isinstance(m, nn.Conv2d)]
         else:
-            raise ValueError(f"protect: no layer named {p!r}; use a layer index or a name like 'model.3.conv'")
+            raise ValueError(
+                f"protect: no layer named {p!r}; use a layer index, a name like 'model.3.conv', or 'head' (Detect)"
+            )
     return ignored
 
 
@@ -348,7 +353,7 @@ def prune_checkpoint(
         out: output path (default: ``<model>_pruned.pt``); never overwritten.
         round_to: channel multiple.
         max_layer_ratio: per-layer cap on the removed fraction.
-        protect: layer indices or module names never pruned (a list, or comma-separated).
+        protect: layer indices, module names or ``head`` never pruned (a list, or comma-separated).
         imgsz: image size for GFLOPs and validation.
         batches: batches of 4 images for ``taylor``.
         val: validate before and after (needs ``data``).
