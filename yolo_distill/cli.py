@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from yolo_distill.config import shipped_recipes
+
 USAGE = """usage: yolo-distill <command> key=value ... (or: yolo-distill <command> --help)
 
 commands:
@@ -138,14 +140,6 @@ def _data(kv: dict[str, Any]) -> None:
         raise SystemExit("yolo-distill data: action= must be generate, coco, voc or check")
 
 
-def _shipped(kind: str) -> list[str]:
-    """Names of the shipped recipes of a kind (``configs/<kind>/*.yaml``), default first."""
-    from yolo_distill.config import CONFIG_ROOT
-
-    names = sorted(p.stem for p in (CONFIG_ROOT / kind).glob("*.yaml"))
-    return sorted(names, key=lambda n: n != "default")
-
-
 @dataclass(frozen=True)
 class Command:
     run: Callable[[dict[str, Any]], None]
@@ -157,7 +151,7 @@ COMMANDS: dict[str, Command] = {
         _train,
         "yolo-distill train model=STUDENT.yaml|.pt data=DATA.yaml|shapes [teacher=TEACHER.pt] [recipe=NAME|PATH.yaml]\n"
         "                   [sparsity=0.0] [any Ultralytics train key: epochs= imgsz= batch= project= name= ...]\n"
-        f"Recipes: configs/distill/*.yaml ({', '.join(_shipped('distill'))}).\n"
+        f"Recipes: configs/distill/*.yaml ({', '.join(shipped_recipes('distill'))}).\n"
         "A *.pt student (e.g. pruned.pt) is trained as the module it is: its pruned shapes are kept.",
     ),
     "prune": Command(

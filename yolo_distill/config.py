@@ -177,6 +177,11 @@ class DistillRecipe:
         return data
 
 
+def shipped_recipes(kind: str) -> list[str]:
+    """Names of the shipped recipes of a kind (``configs/<kind>/*.yaml``), ``default`` first."""
+    return sorted((p.stem for p in (CONFIG_ROOT / kind).glob("*.yaml")), key=lambda n: (n != "default", n))
+
+
 def find_recipe(name_or_path: str | Path, kind: str) -> Path:
     """Resolve ``recipe=`` to a file: a path, or a name under ``configs/<kind>/``."""
     p = Path(name_or_path)
@@ -186,8 +191,9 @@ def find_recipe(name_or_path: str | Path, kind: str) -> Path:
         return p
     candidate = CONFIG_ROOT / kind / f"{name_or_path}.yaml"
     if not candidate.is_file():
-        shipped = sorted(x.stem for x in (CONFIG_ROOT / kind).glob("*.yaml"))
-        raise FileNotFoundError(f"no {kind} recipe named {str(name_or_path)!r}; shipped: {shipped}, or pass a path")
+        raise FileNotFoundError(
+            f"no {kind} recipe named {str(name_or_path)!r}; shipped: {shipped_recipes(kind)}, or pass a path"
+        )
     return candidate
 
 
