@@ -235,3 +235,31 @@ def test_row_repeats_and_only(tmp_path, monkeypatch):
     recipe.write_text(recipe.read_text().replace("repeats: 2", "repeats: 0"))
     with pytest.raises(ValueError, match="repeats must be an integer >= 1"):
         runner.run_bench(str(recipe), out=str(tmp_path / "b"))
+
+
+def test_jobs_run_rows_in_processes_after_their_references(tmp_path, tiny_data, capsys):
+    """``jobs=2``: rows run as side-by-side processes, each after the rows it builds on; a failed row names its log,
+    its dependants are skipped, the others finish and the report lists every finished row."""
+    recipe = tmp_path / "par.yaml"
+    recipe.write_text(
+        f"data: {tiny_data}\nimgsz: 64\nepochs: 1\nbatch: 4\nexport_imgsz: 64\nrows:\n"
+        "  - {name: base, kind: train, model: yolo11n.yaml, teacher: null}\n"
+        "  - {name: bad, kind: prune, from: '@base', ratio: 1.5, epochs: 0}\n"
+        "  - {name: after_bad, kind: prune, from: '@bad', ratio: 0.5, epochs: 0}\n"
+        "  - {name: slim, kind: prune, from: '@base', ratio: 0.5, epochs: 0}\n"
+    )
+    out = tmp_path / "b"
+    with pytest.raises(RuntimeError, match=r"bad \(exit code 1: .*ratio.*log .*bad\.log\); after_bad \(skipped"):
+        runner.run_bench(str(recipe), out=str(out), jobs=2)
+    log = capsys.readouterr().out
+    assert log.index("base finished") < log.index("started slim") and log.index("base finished") < log.index(
+        "started bad"
+    ), f"rows must wait for the rows they refer to:\n{log}"
+    assert "started after_bad" not in log
+    names = sorted(r["name"] for r in json.loads((out / "results.json").read_text()).values())
+    assert names == ["base", "slim"], names
+    report = (out / "report.md").read_text()
+    assert "| base |" in report and "| slim |" in report, "the report is rewritten from every finished row"
+    assert (out / "logs" / "slim.log").stat().st_size > 0
+    with pytest.raises(ValueError, match="jobs must be an integer >= 1"):
+        runner.run_bench(str(recipe), out=str(out), jobs=0)

@@ -88,7 +88,7 @@ def _export(kv: dict[str, Any]) -> None:
 def _bench(kv: dict[str, Any]) -> None:
     from yolo_distill.bench.runner import run_bench
 
-    _check_keys("bench", kv, {"recipe", "out", "repeats", "seed", "device", "report_only", "only"})
+    _check_keys("bench", kv, {"recipe", "out", "repeats", "seed", "device", "report_only", "only", "jobs"})
     if "recipe" not in kv:
         raise SystemExit("yolo-distill bench: recipe= (a name under configs/bench or a YAML path) is required")
     run_bench(**kv)
@@ -174,8 +174,10 @@ COMMANDS: dict[str, Command] = {
     "bench": Command(
         _bench,
         "yolo-distill bench recipe=cpu-small|PATH.yaml [out=bench/NAME] [repeats=1] [seed=0] [report_only=False]\n"
-        "                   [only=ROW,ROW]\n"
+        "                   [only=ROW,ROW] [jobs=1]\n"
         "Rows already finished (same spec, settings and version) are skipped; a killed bench continues.\n"
+        "jobs=N runs N rows at once, each in its own process (logs in OUT/logs/); on a CPU each row trains with\n"
+        "cpu_count-1 threads (at most 8), so jobs=2 uses both cores of a 2-core machine.\n"
         "A row may set its own repeats (more seeds for the rows whose difference matters).",
     ),
     "demo": Command(

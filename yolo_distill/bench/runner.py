@@ -20,9 +20,14 @@ SETTINGS = ("data", "imgsz", "epochs", "batch", "seed", "export_imgsz", "device"
 REF_FIELDS = ("teacher", "from", "model", "distill_model")  # fields that may name an earlier row as "@row"
 
 
+def _is_ref(v: Any) -> bool:
+    """Whether a row field names an earlier row (``"@row"``)."""
+    return isinstance(v, str) and v.startswith("@")
+
+
 def _refs(row: dict) -> list[str]:
     """The ``@row`` references of ``row``, as written."""
-    return [v for v in (row.get(f) for f in REF_FIELDS) if isinstance(v, str) and v.startswith("@")]
+    return [v for v in (row.get(f) for f in REF_FIELDS) if _is_ref(v)]
 
 
 def _key(row: dict, settings: dict, ref_keys: dict[str, str]) -> str | None:
@@ -38,7 +43,7 @@ def _key(row: dict, settings: dict, ref_keys: dict[str, str]) -> str | None:
     spec = {k: v for k, v in row.items() if k not in ("name", "repeats", "recipe")}
     for f in REF_FIELDS:
         v = row.get(f)
-        if isinstance(v, str) and v.startswith("@"):
+        if _is_ref(v):
             if v[1:] not in ref_keys:
                 return None
             spec[f] = "@" + ref_keys[v[1:]]
@@ -88,7 +93,7 @@ def _validate(recipe: dict, where: str) -> tuple[dict, list[dict]]:
 
 
 def _resolve(v: Any, done: dict[str, dict]) -> Any:
-    return done[v[1:]]["checkpoint"] if isinstance(v, str) and v.startswith("@") else v
+    return done[v[1:]]["checkpoint"] if _is_ref(v) else v
 
 
 def _run_name(row: dict, s: dict) -> str:
@@ -223,9 +228,63 @@ def _kd_step_cost(row: dict, s: dict, done: dict[str, dict]) -> dict[str, float]
     return {"kd_step_vs_plain": r["ours_vs_plain_time"], "kd_step_vs_native": r["ours_vs_native_time"]}
 
 
+def _run_jobs(path: Path, out_dir: Path, rows: list[dict], names: list[str], jobs: int, overrides: dict) -> list[str]:
+    """Run the rows ``names`` as ``only=ROW`` bench processes, up to ``jobs`` at once.
+
+    A row starts once every row it refers to (``@row``) and that is among ``names`` has finished; one whose
+    reference failed is skipped. Each process writes ``out_dir/logs/ROW.log`` and its results into the shared
+    ``results.json`` (merged on write, see ``_save``). A bench killed here stops its row processes; their finished
+    rows are cached and a finished training is picked up again.
+
+    Returns:
+        ``"ROW (why; log)"`` for each row that failed or was skipped; empty when all finished.
+    """
+    import subprocess
+    import sys
+
+    logs = out_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    todo = [r for r in rows if r["name"] in names]
+    deps = {r["name"]: {ref[1:] for ref in _refs(r)} & set(names) for r in todo}
+    running: dict[str, tuple[subprocess.Popen, float]] = {}
+    finished: set[str] = set()
+    failed: dict[str, str] = {}
+    args = [f"{k}={v}" for k, v in overrides.items() if v is not None]
+    try:
+        while todo or running:
+            for r in list(todo):
+                n = r["name"]
+                if deps[n] & set(failed):
+                    failed[n] = f"skipped: {sorted(deps[n] & set(failed))} failed"
+                    todo.remove(r)
+                elif len(running) < jobs and deps[n] <= finished:
+                    cmd = [sys.executable, "-m", "yolo_distill.cli", "bench", f"recipe={path}", f"out={out_dir}",
+                           f"only={n}", *args]  # fmt: skip
+                    with open(logs / f"{n}.log", "w") as log:
+                        running[n] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), time.time())
+                    print(f"bench: started {n} (log: {logs / f'{n}.log'})", flush=True)
+                    todo.remove(r)
+            time.sleep(0.5)
+            for n, (proc, t0) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[n]
+                if proc.returncode == 0:
+                    finished.add(n)
+                    print(f"bench: {n} finished in {time.time() - t0:.0f} s", flush=True)
+                else:
+                    tail = (logs / f"{n}.log").read_text().strip().splitlines()[-1:] or [""]
+                    failed[n] = f"exit code {proc.returncode}: {tail[0]}; log {logs / f'{n}.log'}"
+                    print(f"bench: {n} FAILED ({failed[n]})", flush=True)
+    finally:
+        for proc, _ in running.values():  # the bench itself was stopped: stop its rows too
+            proc.terminate()
+    return [f"{n} ({why})" for n, why in failed.items()]
+
+
 def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, seed: int | None = None,
-              device: str | None = None, report_only: bool = False,
-              only: str | list[str] | None = None) -> dict:  # fmt: skip
+              device: str | None = None, report_only: bool = False, only: str | list[str] | None = None,
+              jobs: int = 1) -> dict:  # fmt: skip
     """Run (or continue) a benchmark recipe and write ``report.md``, ``results.json`` and plots.
 
     Args:
@@ -238,6 +297,12 @@ def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, s
         device: override the device.
         report_only: run nothing; write the report from the rows already finished.
         only: run only these rows (names, a list or comma-separated); the others enter the report if finished.
+        jobs: rows run at once, each in its own process, a row as soon as the rows it builds on are done. On a
+            CPU Ultralytics trains with ``cpu_count - 1`` threads (at most 8), so on a 2-core machine one row uses
+            one core and ``jobs=2`` halves the wall time; keep ``jobs * 8 <= cores`` on larger CPUs.
+
+    Raises:
+        RuntimeError: with ``jobs > 1``, after writing the report, when a row failed (naming it and its log).
     """
     from yolo_distill.data.builtin import resolve_data
 
@@ -259,6 +324,15 @@ def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, s
     unknown = sorted(set(only or []) - {r["name"] for r in rows})
     if unknown:
         raise ValueError(f"only={unknown}: no such row in {path.name}; rows: {[r['name'] for r in rows]}")
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1 (rows run at once), got {jobs!r}")
+    if jobs > 1 and not report_only:
+        failed = _run_jobs(path, out_dir, rows, only or [r["name"] for r in rows], jobs,
+                           {"repeats": repeats, "seed": seed, "device": device})  # fmt: skip
+        res = run_bench(recipe, out=str(out_dir), repeats=repeats, seed=seed, device=device, report_only=True)
+        if failed:
+            raise RuntimeError(f"bench rows did not finish: {'; '.join(failed)}")
+        return res
     base_seed = settings.get("seed", 0)
     table: list[dict] = []
     done: dict[str, dict] = {}  # the latest finished seed of each row, for "@row" references
