@@ -51,6 +51,15 @@ def test_missing_weights_name_a_local_path(capsys):
     assert rc == 1 and "never downloads weights" in capsys.readouterr().err
 
 
+def test_bench_failed_rows_end_in_a_message_not_a_traceback(monkeypatch):
+    def failing(**kw):
+        raise RuntimeError("bench rows did not finish: bad (exit code 1: ...; log b/logs/bad.log)")
+
+    monkeypatch.setattr("yolo_distill.bench.runner.run_bench", failing)
+    with pytest.raises(SystemExit, match=r"yolo-distill bench: bench rows did not finish: bad .*bad\.log"):
+        main(["bench", "recipe=mini", "jobs=2"])
+
+
 def test_parse_kv_reads_yaml_scalars():
     assert parse_kv(["epochs=3", "amp=False", "lr0=0.01", "name=run"]) == {
         "epochs": 3, "amp": False, "lr0": 0.01, "name": "run"

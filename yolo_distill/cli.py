@@ -91,7 +91,10 @@ def _bench(kv: dict[str, Any]) -> None:
     _check_keys("bench", kv, {"recipe", "out", "repeats", "seed", "device", "report_only", "only", "jobs"})
     if "recipe" not in kv:
         raise SystemExit("yolo-distill bench: recipe= (a name under configs/bench or a YAML path) is required")
-    run_bench(**kv)
+    try:
+        run_bench(**kv)
+    except RuntimeError as e:  # jobs=N: rows that failed, each with its log; the report holds the others
+        raise SystemExit(f"yolo-distill bench: {e}") from None
 
 
 def _demo(kv: dict[str, Any]) -> None:
