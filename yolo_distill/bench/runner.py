@@ -254,15 +254,15 @@ def _run_jobs(path: Path, out_dir: Path, rows: list[dict], names: list[str], job
         while todo or running:
             for r in list(todo):
                 n = r["name"]
-                if deps[n] & set(failed):
-                    failed[n] = f"skipped: {sorted(deps[n] & set(failed))} failed"
+                if broken := deps[n] & failed.keys():
+                    failed[n] = f"skipped: {sorted(broken)} failed"
                     todo.remove(r)
                 elif len(running) < jobs and deps[n] <= finished:
                     cmd = [sys.executable, "-m", "yolo_distill.cli", "bench", f"recipe={path}", f"out={out_dir}",
                            f"only={n}", *args]  # fmt: skip
                     with open(logs / f"{n}.log", "w") as log:
                         running[n] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), time.time())
-                    print(f"bench: started {n} (log: {logs / f'{n}.log'})", flush=True)
+                    print(f"bench: started {n} (log: {log.name})", flush=True)
                     todo.remove(r)
             time.sleep(0.5)
             for n, (proc, t0) in list(running.items()):
@@ -273,8 +273,9 @@ def _run_jobs(path: Path, out_dir: Path, rows: list[dict], names: list[str], job
                     finished.add(n)
                     print(f"bench: {n} finished in {time.time() - t0:.0f} s", flush=True)
                 else:
-                    tail = (logs / f"{n}.log").read_text().strip().splitlines()[-1:] or [""]
-                    failed[n] = f"exit code {proc.returncode}: {tail[0]}; log {logs / f'{n}.log'}"
+                    log = logs / f"{n}.log"
+                    tail = log.read_text().strip().splitlines()[-1:] or [""]
+                    failed[n] = f"exit code {proc.returncode}: {tail[0]}; log {log}"
                     print(f"bench: {n} FAILED ({failed[n]})", flush=True)
     finally:
         for proc, _ in running.values():  # the bench itself was stopped: stop its rows too
