@@ -1,4 +1,4 @@
-"""Reading and writing stock Ultralytics checkpoints."""
+"""Reading and writing stock Ultralytics checkpoints (written atomically: a temporary name, then a rename)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,12 @@ def save_stock_checkpoint(model: nn.Module, path: str | Path, train_args: dict |
     path.parent.mkdir(parents=True, exist_ok=True)
     ckpt = {"model": m.half(), "ema": None, "train_args": dict(train_args or {}), "version": ultralytics.__version__}
     ckpt.update(extra)
-    torch.save(ckpt, path)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:  # a kill mid-write leaves no torn file at the final name
+        torch.save(ckpt, tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -52,3 +57,17 @@ def load_model(path: str | Path) -> nn.Module:
     except Exception as e:
         raise ValueError(f"{src} could not be loaded as an Ultralytics checkpoint ({type(e).__name__}: {e})") from e
     return model.float()
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename, so that a kill at any
+    moment leaves either the old file or the new one, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

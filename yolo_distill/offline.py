@@ -1,30 +1,21 @@
 """The one place that makes Ultralytics quiet and network-free.
 
 Imported first by :mod:`yolo_distill`, before Ultralytics reads its environment. It sets ``YOLO_OFFLINE`` and
-``YOLO_AUTOINSTALL`` (unless the user set them) and, on demand, provides the plotting font Ultralytics would
-otherwise download on every train/val call, from the DejaVu Sans that matplotlib ships. It also gives the
-``yolo_distill`` logger a stdout handler at Ultralytics' verbosity, so our messages show beside Ultralytics' own.
+``YOLO_AUTOINSTALL`` (only when unset: Ultralytics reads them once, at its own import) and nothing else. On
+demand it provides the plotting font Ultralytics would otherwise download on every train/val call, from the
+DejaVu Sans that matplotlib ships.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 
-log = logging.getLogger("yolo_distill")
+from yolo_distill.log import LOGGER as log
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "0")
-os.environ.setdefault("YOLO_VERBOSE", os.environ.get("YOLO_VERBOSE", "True"))
-
-if not log.handlers:  # without one, Python prints only warnings (its last-resort handler) and our info is lost
-    _handler = logging.StreamHandler(sys.stdout)
-    _handler.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(_handler)
-    log.setLevel(logging.INFO if os.environ["YOLO_VERBOSE"].lower() == "true" else logging.WARNING)
 
 _FONT_READY = False
 

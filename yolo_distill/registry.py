@@ -1,46 +1,81 @@
-"""A tiny name -> class registry, so a YAML recipe can pick an implementation by name."""
+"""Name -> implementation registries, so a YAML recipe or a CLI key can pick an implementation by name.
+
+Every choice a recipe can make has one registry here, in the lowest layer, so that a config can validate a name
+without importing the room that implements it. Each registry names the module(s) whose import registers its
+entries (``locations``, as mmengine's registries do) and imports them on first lookup.
+
+| registry | filled by | holds |
+|---|---|---|
+| :data:`LOSSES` | ``yolo_distill.distill.losses`` | distillation losses (classes) |
+| :data:`CONNECTORS` | ``yolo_distill.distill.connectors`` | channel connectors (factories) |
+| :data:`SCHEDULES` | ``yolo_distill.distill.schedules`` | KD weight schedules (functions) |
+| :data:`IMPORTANCE` | ``yolo_distill.prune.importance`` | pruning importance criteria (factories) |
+| :data:`ALLOCATIONS` | ``yolo_distill.prune.allocation`` | how a pruning ratio is spread over layers |
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Maps names to classes. Registering a name twice, or asking for an unknown one, raises.
+    """Maps names to implementations (classes or functions). Registering a name twice, or asking for an unknown one,
+    raises.
 
     Args:
         kind: what the registry holds, used in error messages (e.g. ``"distillation loss"``).
+        locations: modules whose import registers the entries; imported on the first lookup.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, locations: Sequence[str] = ()) -> None:
         self.kind = kind
-        self._items: dict[str, type[T]] = {}
+        self.locations = tuple(locations)
+        self._items: dict[str, T] = {}
+        self._loaded = False
 
-    def register(self, name: str) -> Callable[[type[T]], type[T]]:
-        """Class decorator that registers the class under ``name``."""
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            for module in self.locations:
+                importlib.import_module(module)
 
-        def deco(cls: type[T]) -> type[T]:
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator that registers a class or function under ``name``."""
+
+        def deco(obj: T) -> T:
             if name in self._items:
-                raise KeyError(f"{self.kind} {name!r} is already registered by {self._items[name].__qualname__}")
-            self._items[name] = cls
-            cls.registry_name = name  # type: ignore[attr-defined]
-            return cls
+                raise KeyError(f"{self.kind} {name!r} is already registered by {self._items[name]!r}")
+            self._items[name] = obj
+            if isinstance(obj, type):
+                obj.registry_name = name  # type: ignore[attr-defined]
+            return obj
 
         return deco
 
-    def get(self, name: str) -> type[T]:
-        """Return the class registered as ``name``."""
+    def get(self, name: str) -> T:
+        """Return what is registered as ``name``."""
+        self._load()
         try:
             return self._items[name]
-        except KeyError:
-            raise KeyError(f"unknown {self.kind} {name!r}; choose one of {sorted(self._items)}") from None
+        except (KeyError, TypeError):
+            raise KeyError(f"unknown {self.kind} {name!r}; choose one of {self.names()}") from None
 
     def names(self) -> list[str]:
         """Registered names, sorted."""
+        self._load()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._items
+
+
+LOSSES: Registry = Registry("distillation loss", ["yolo_distill.distill.losses"])
+CONNECTORS: Registry = Registry("connector", ["yolo_distill.distill.connectors"])
+SCHEDULES: Registry = Registry("schedule kind", ["yolo_distill.distill.schedules"])
+IMPORTANCE: Registry = Registry("importance criterion (method)", ["yolo_distill.prune.importance"])
+ALLOCATIONS: Registry = Registry("allocation", ["yolo_distill.prune.allocation"])
