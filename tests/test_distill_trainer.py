@@ -360,8 +360,8 @@ def test_every_kd_term_stays_fp32_and_finite_under_autocast(ckpt_factory):
 
     from yolo_distill.config import load_distill_recipe
     from yolo_distill.distill.criterion import DistillContext
-    from yolo_distill.distill.losses.registry import LOSSES
     from yolo_distill.distill.teacher import load_teacher
+    from yolo_distill.registry import LOSSES
 
     torch.manual_seed(0)
     student = DetectionModel("yolo11n.yaml", nc=8, verbose=False).train()

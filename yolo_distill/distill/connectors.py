@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from yolo_distill.registry import CONNECTORS
+
 
 class ConvConnector(nn.Module):
     """1x1 conv + BN from ``c_in`` student channels to ``c_out`` teacher channels (FitNet's regressor)."""
@@ -44,23 +46,37 @@ class MGDConnector(nn.Module):
         return self.generate(x)
 
 
+@CONNECTORS.register("conv")
+def conv_connector(c_in: int, c_out: int, needs_same_channels: bool, mask_ratio: float) -> nn.Module:
+    """A 1x1 conv + BN when the loss compares channels one to one, else nothing."""
+    return ConvConnector(c_in, c_out) if needs_same_channels else nn.Identity()
+
+
+@CONNECTORS.register("mgd")
+def mgd_connector(c_in: int, c_out: int, needs_same_channels: bool, mask_ratio: float) -> nn.Module:
+    """MGD's masked generation block."""
+    return MGDConnector(c_in, c_out, mask_ratio)
+
+
+@CONNECTORS.register("none")
+def no_connector(c_in: int, c_out: int, needs_same_channels: bool, mask_ratio: float) -> nn.Module:
+    """Nothing: the loss sees the student's channels as they are."""
+    if needs_same_channels and c_in != c_out:
+        raise ValueError(
+            f"connector 'none' needs equal channels, but the student has {c_in} and the teacher {c_out}; "
+            f"use connector: conv"
+        )
+    return nn.Identity()
+
+
 def build_connector(kind: str, c_in: int, c_out: int, needs_same_channels: bool, mask_ratio: float = 0.65) -> nn.Module:
     """The connector for one student/teacher feature pair.
 
     Args:
-        kind: ``conv``, ``mgd`` or ``none``.
+        kind: a registered connector name (``conv``, ``mgd``, ``none``).
         c_in: student channels.
         c_out: teacher channels.
         needs_same_channels: whether the loss compares channels one to one.
         mask_ratio: MGD's masking ratio.
     """
-    if kind == "mgd":
-        return MGDConnector(c_in, c_out, mask_ratio)
-    if kind == "none" or not needs_same_channels:
-        if needs_same_channels and c_in != c_out:
-            raise ValueError(
-                f"connector 'none' needs equal channels, but the student has {c_in} and the teacher {c_out}; "
-                f"use connector: conv"
-            )
-        return nn.Identity()
-    return ConvConnector(c_in, c_out)
+    return CONNECTORS.get(kind)(c_in, c_out, needs_same_channels, mask_ratio)

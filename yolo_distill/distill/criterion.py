@@ -11,8 +11,6 @@ Two pieces:
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
 
@@ -21,8 +19,7 @@ from yolo_distill.distill.connectors import build_connector
 from yolo_distill.distill.losses import LOSSES, KDLoss
 from yolo_distill.distill.outputs import HeadOutput, head_outputs
 from yolo_distill.distill.recorder import FeatureRecorder
-
-log = logging.getLogger("yolo_distill")
+from yolo_distill.log import LOGGER as log
 
 
 def _model_dtype(model: nn.Module) -> torch.dtype:

@@ -16,7 +16,6 @@ It extends Ultralytics only through overridden methods and callbacks:
 
 from __future__ import annotations
 
-import logging
 from copy import copy
 from pathlib import Path
 from typing import Any
@@ -30,9 +29,8 @@ from ultralytics.utils.torch_utils import unwrap_model
 from yolo_distill.config import load_distill_recipe
 from yolo_distill.distill.criterion import DistillationCriterion, DistillContext
 from yolo_distill.distill.teacher import check_pair, load_teacher
+from yolo_distill.log import LOGGER as log
 from yolo_distill.offline import ensure_font, resolve_weights
-
-log = logging.getLogger("yolo_distill")
 
 #: Keys this trainer adds to Ultralytics' arguments (they travel in ``vars(args)`` and in checkpoints).
 EXTRA_KEYS = ("teacher", "recipe", "distill", "sparsity")

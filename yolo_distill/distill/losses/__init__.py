@@ -14,6 +14,6 @@ from yolo_distill.distill.losses import (  # noqa: F401  (importing registers ea
     pkd,
 )
 from yolo_distill.distill.losses.base import KDLoss
-from yolo_distill.distill.losses.registry import LOSSES
+from yolo_distill.registry import LOSSES
 
 __all__ = ["LOSSES", "KDLoss"]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from yolo_distill.distill.losses.base import KDLoss
-from yolo_distill.distill.losses.registry import LOSSES
+from yolo_distill.registry import LOSSES
 
 
 def spatial_attention(x: torch.Tensor, p: float = 2.0) -> torch.Tensor:

@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 
 from yolo_distill.distill.losses.base import KDLoss
-from yolo_distill.distill.losses.registry import LOSSES
+from yolo_distill.registry import LOSSES
 
 
 def box_iou_pairs(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:

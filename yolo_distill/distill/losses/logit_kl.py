@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from yolo_distill.distill.losses.base import KDLoss, weighted_mean
-from yolo_distill.distill.losses.registry import LOSSES
+from yolo_distill.registry import LOSSES
 
 
 @LOSSES.register("logit_kl")

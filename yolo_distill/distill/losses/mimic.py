@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from yolo_distill.distill.losses.base import KDLoss
-from yolo_distill.distill.losses.registry import LOSSES
+from yolo_distill.registry import LOSSES
 
 
 @LOSSES.register("mimic")

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from yolo_distill.distill.losses.base import KDLoss
-from yolo_distill.distill.losses.registry import LOSSES
+from yolo_distill.registry import LOSSES
 
 
 def _standardise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -1,0 +1,51 @@
+"""One training run: check the inputs, build a :class:`DistillationTrainer` from overrides alone, train."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from yolo_distill.distill.trainer import DistillationTrainer
+
+
+def train(
+    model: str,
+    data: str,
+    teacher: str | None = None,
+    recipe: str | dict | None = "default",
+    sparsity: float = 0.0,
+    **train_args: Any,
+) -> DistillationTrainer:
+    """Train ``model`` (the student) on ``data`` with KD from ``teacher``; without a teacher, train plainly.
+
+    Args:
+        model: student ``*.yaml`` (from scratch) or ``*.pt`` (fine-tune; a pruned model keeps its shapes).
+        data: data YAML path, or a built-in name (``shapes``, ``shapes-tiny``).
+        teacher: a detection checkpoint ``*.pt`` for the same classes and strides.
+        recipe: a shipped recipe name (``configs/distill``), a YAML path, or plain data.
+        sparsity: L1 strength on BN scales (network-slimming sparsity training; 0 = off).
+        **train_args: any Ultralytics train argument (``epochs``, ``imgsz``, ``batch``, ``project``, ``name``...).
+
+    Returns:
+        The finished trainer (``.best``, ``.save_dir``, ``.metrics``).
+    """
+    from yolo_distill.config import load_distill_recipe
+    from yolo_distill.data.builtin import resolve_data
+    from yolo_distill.data.checks import check_detection_dataset
+
+    data = resolve_data(data)
+    if str(data).endswith((".yaml", ".yml")) and Path(data).exists():
+        check_detection_dataset(data)
+    overrides = {"model": model, "data": data, **train_args}
+    if teacher is not None:
+        overrides["teacher"] = teacher
+    if isinstance(recipe, dict):
+        overrides["distill"] = load_distill_recipe(recipe).to_dict()
+    elif recipe is not None:
+        load_distill_recipe(recipe)  # a bad recipe stops here, before Ultralytics creates the run folder
+        overrides["recipe"] = recipe
+    if sparsity:
+        overrides["sparsity"] = sparsity
+    trainer = DistillationTrainer(overrides=overrides)
+    trainer.train()
+    return trainer
