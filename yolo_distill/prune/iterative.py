@@ -7,7 +7,11 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from yolo_distill.config import _from_dict, find_recipe, load_yaml
+from yolo_distill.checkpoints import load_model, write_text_atomic
+from yolo_distill.config import find_recipe, from_dict, load_yaml
+from yolo_distill.log import LOGGER, table
+from yolo_distill.prune.checkpoint import prune_checkpoint
+from yolo_distill.prune.pruner import model_stats
 
 
 @dataclass
@@ -50,7 +54,7 @@ class IterativeRecipe:
 def load_iterative_recipe(recipe: str | Path) -> IterativeRecipe:
     """Load and validate a pruning recipe by shipped name or path."""
     path = find_recipe(recipe, "prune")
-    return _from_dict(IterativeRecipe, load_yaml(path), str(path))
+    return from_dict(IterativeRecipe, load_yaml(path), str(path))
 
 
 def iterative_prune(model: str, data: str, recipe: str | Path, out: str | None = None, **overrides) -> dict:
@@ -66,13 +70,11 @@ def iterative_prune(model: str, data: str, recipe: str | Path, out: str | None =
     Returns:
         The report (also written as ``<out stem>_report.json``): GFLOPs and mAP after each step.
     """
-    from yolo_distill.api import distill
-    from yolo_distill.checkpoints import load_model
     from yolo_distill.data.builtin import resolve_data
-    from yolo_distill.prune.pruner import model_stats, prune_checkpoint
+    from yolo_distill.distill.run import train
 
     r = load_iterative_recipe(recipe)
-    r = IterativeRecipe(**{**asdict(r), **overrides})
+    r = from_dict(IterativeRecipe, {**asdict(r), **overrides}, "prune recipe overrides")
     src = Path(model)
     dst = Path(out) if out else src.with_name(f"{src.stem}_iterative.pt")
     report_path = dst.with_name(f"{dst.stem}_report.json")
@@ -93,7 +95,7 @@ def iterative_prune(model: str, data: str, recipe: str | Path, out: str | None =
                                out=str(step_pt), imgsz=r.imgsz)  # fmt: skip
         current, m = str(step_pt), None
         if r.finetune_epochs:
-            tr = distill(current, data, teacher=str(src) if r.distill else None, recipe=r.recipe,
+            tr = train(current, data, teacher=str(src) if r.distill else None, recipe=r.recipe,
                          epochs=r.finetune_epochs, imgsz=r.imgsz, batch=r.batch, workers=0, amp=False, plots=False,
                          project=str(work.resolve()), name=f"step{k}_ft")  # fmt: skip
             current, m = str(tr.best), float(tr.metrics.get("metrics/mAP50-95(B)", float("nan")))
@@ -101,8 +103,8 @@ def iterative_prune(model: str, data: str, recipe: str | Path, out: str | None =
                       "params": rep["after"]["params"], "map50_95": m, "checkpoint": current})  # fmt: skip
     shutil.copyfile(current, dst)
     report = {"source": str(src), "recipe": asdict(r), "base_gflops": base, "steps": steps, "out": str(dst)}
-    report_path.write_text(json.dumps(report, indent=2))
-    print(f"\n{'step':>4}{'GFLOPs':>9}{'params':>12}{'mAP50-95':>10}")
-    for s in steps:
-        print(f"{s['step']:>4}{s['gflops']:>9.2f}{s['params']:>12,}{(s['map50_95'] or float('nan')):>10.4f}")
+    write_text_atomic(report_path, json.dumps(report, indent=2))
+    rows = [[s["step"], s["gflops"], s["params"], s["map50_95"]] for s in steps]
+    LOGGER.info("iterative pruning -> %s\n%s", dst, table(rows, ["step", "GFLOPs", "params", "mAP50-95"],
+                                                            ["d", ".2f", ",d", ".4f"]))  # fmt: skip
     return report

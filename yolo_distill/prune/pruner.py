@@ -1,13 +1,13 @@
-"""Structured channel pruning of Ultralytics detection checkpoints with Torch-Pruning's dependency graph.
+"""The pruning algorithm: structured channel pruning of a DetectionModel with Torch-Pruning's dependency graph.
 
 Pieces kept apart, as in Torch-Pruning: :mod:`~yolo_distill.prune.prepare` (what DepGraph may trace),
-:func:`importance` (how filters are scored) and :func:`prune_model` (allocation to a ratio or a GFLOPs target).
+:mod:`~yolo_distill.prune.importance` (how filters are scored), :mod:`~yolo_distill.prune.allocation` (how the
+ratio is spread over layers) and :func:`prune_model` here (one pruning step, to a ratio or a GFLOPs target).
+Files, paths and reports are :mod:`~yolo_distill.prune.checkpoint`'s job.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 from copy import deepcopy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,16 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from yolo_distill.log import progress
 from yolo_distill.prune.prepare import fit_attention, merge_csp, split_csp
+from yolo_distill.registry import ALLOCATIONS, IMPORTANCE
 
-log = logging.getLogger("yolo_distill")
-
-METHODS = ("l1", "l2", "bn", "taylor")
 SCOPES = ("backbone", "all")
-PRUNE_KEYS = (
-    "model", "ratio", "gflops", "method", "scope", "data", "out", "round_to", "max_layer_ratio", "protect",
-    "imgsz", "batches", "val", "allocation", "max_drop", "layer_ratios",
-)  # fmt: skip
 
 
 @dataclass
@@ -44,8 +39,11 @@ class PruneConfig:
         imgsz: image size for GFLOPs.
         layer_ratios: per-layer channel ratios by layer index (non-uniform allocation, e.g. from a sensitivity
             scan); layers not listed use ``ratio``.
-        allocation: ``uniform`` (every layer at ``ratio``) or ``global`` (Torch-Pruning's global importance
-            ranking decides how much each layer loses, ``ratio`` overall, capped by ``max_layer_ratio``).
+        allocation: a registered allocation (:mod:`~yolo_distill.prune.allocation`): ``uniform`` (every layer at
+            ``ratio``), ``global`` (Torch-Pruning's global importance ranking decides how much each layer loses,
+            ``ratio`` overall, capped by ``max_layer_ratio``) or ``sensitivity`` (a per-layer prune-and-validate
+            scan gives each layer the largest ratio whose mAP drop stays within ``max_drop``; needs data).
+        max_drop: mAP50-95 drop allowed per layer with ``allocation=sensitivity``.
     """
 
     ratio: float | None = 0.5
@@ -58,6 +56,7 @@ class PruneConfig:
     imgsz: int = 640
     layer_ratios: dict[int, float] = field(default_factory=dict)
     allocation: str = "uniform"
+    max_drop: float = 0.02
 
     def __post_init__(self) -> None:
         if self.gflops is not None:
@@ -66,10 +65,12 @@ class PruneConfig:
             self.ratio = None
         elif self.ratio is None or not 0 < float(self.ratio) < 1:
             raise ValueError(f"ratio must be in (0, 1), got {self.ratio}; e.g. ratio=0.5 removes half the channels")
-        if self.method not in METHODS:
-            raise ValueError(f"method {self.method!r} is not one of {METHODS}")
-        if self.allocation not in ("uniform", "global"):
-            raise ValueError(f"allocation must be 'uniform' or 'global' here, got {self.allocation!r}")
+        if self.method not in IMPORTANCE:
+            raise ValueError(f"method {self.method!r} is not one of {tuple(IMPORTANCE.names())}")
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation {self.allocation!r} is not one of {tuple(ALLOCATIONS.names())}")
+        if not 0 <= self.max_drop < 1:
+            raise ValueError(f"max_drop must be in [0, 1) (an mAP50-95 drop), got {self.max_drop}")
         if self.scope not in SCOPES:
             raise ValueError(f"scope {self.scope!r} is not one of {SCOPES}")
         if not 0 < self.max_layer_ratio < 1:
@@ -94,17 +95,23 @@ def conv_channels(model: nn.Module) -> dict[str, int]:
     return {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
 
 
-def importance(method: str):
-    """The Torch-Pruning importance for ``method``."""
-    import torch_pruning as tp
+@dataclass
+class PlanContext:
+    """What an allocation may need beyond the model and the config.
 
-    if method == "l1":
-        return tp.importance.MagnitudeImportance(p=1)
-    if method == "l2":
-        return tp.importance.MagnitudeImportance(p=2)
-    if method == "bn":
-        return tp.importance.BNScaleImportance()
-    return tp.importance.TaylorImportance()
+    Attributes:
+        n_backbone: number of backbone layers.
+        batches: real batches for gradient-based importance (``taylor``).
+        data: data YAML, for allocations that validate (``sensitivity``).
+        out_dir: where an allocation may write what it measured.
+        cache: an allocation's results kept across the ratios of one GFLOPs search.
+    """
+
+    n_backbone: int
+    batches: list[dict] = field(default_factory=list)
+    data: str | None = None
+    out_dir: Path | None = None
+    cache: dict[str, Any] = field(default_factory=dict)
 
 
 def _flat_outputs(out: Any) -> list[torch.Tensor]:
@@ -154,9 +161,9 @@ def _ignored(model: nn.Module, cfg: PruneConfig, n_backbone: int) -> list[nn.Mod
     return ignored
 
 
-def _taylor_batches(model: nn.Module, data: str | None, imgsz: int, batches: int) -> list[dict]:
-    """A few real batches for Taylor importance (letterboxed images with their labels)."""
-    from yolo_distill.export.onnx import dataset_images, letterbox_images
+def _taylor_batches(data: str | None, imgsz: int, batches: int) -> list[dict]:
+    """A few real batches of 4 for Taylor importance (letterboxed training images with their labels)."""
+    from yolo_distill.data.images import dataset_images, letterbox_images, read_labels
 
     files = dataset_images(data, batches * 4, split="train")
     if not files:
@@ -164,30 +171,22 @@ def _taylor_batches(model: nn.Module, data: str | None, imgsz: int, batches: int
     out = []
     for b in range(0, len(files), 4):
         chunk = files[b : b + 4]
-        img = torch.from_numpy(letterbox_images(chunk, imgsz))
-        idx, cls, boxes = [], [], []
-        for j, f in enumerate(chunk):
-            lf = Path(str(f).replace("/images/", "/labels/")).with_suffix(".txt")
-            if lf.exists():
-                for line in lf.read_text().splitlines():
-                    v = line.split()
-                    if len(v) == 5:
-                        idx.append(j)
-                        cls.append(float(v[0]))
-                        boxes.append([float(x) for x in v[1:]])
+        labels = [torch.from_numpy(read_labels(f)) for f in chunk]
+        # letterboxing a square training image to a square size keeps normalised xywh as they are
+        lab = torch.cat(labels) if labels else torch.zeros(0, 5)
         out.append(
             {
-                "img": img,
-                "batch_idx": torch.tensor(idx, dtype=torch.float32),
-                "cls": torch.tensor(cls, dtype=torch.float32).view(-1, 1),
-                "bboxes": torch.tensor(boxes, dtype=torch.float32).view(-1, 4),
+                "img": torch.from_numpy(letterbox_images(chunk, imgsz)),
+                "batch_idx": torch.cat([torch.full((len(lb),), float(j)) for j, lb in enumerate(labels)]),
+                "cls": lab[:, :1],
+                "bboxes": lab[:, 1:],
             }
         )
     return out
 
 
-def _step(model: nn.Module, cfg: PruneConfig, ratio: float, n_backbone: int, batches: list[dict],
-          layer_ratios: dict[int, float], global_pruning: bool = False) -> None:  # fmt: skip
+def prune_step(model: nn.Module, cfg: PruneConfig, ratio: float, n_backbone: int, batches: list[dict],
+               layer_ratios: dict[int, float], global_pruning: bool = False) -> None:  # fmt: skip
     """Split the CSP blocks of ``model`` and run one Torch-Pruning step on it, in place (left split)."""
     import torch_pruning as tp
 
@@ -203,7 +202,7 @@ def _step(model: nn.Module, cfg: PruneConfig, ratio: float, n_backbone: int, bat
     pruner = tp.pruner.MetaPruner(
         model,
         torch.zeros(1, 3, 64, 64),
-        importance=importance(cfg.method),
+        importance=IMPORTANCE.get(cfg.method)(),
         pruning_ratio=ratio,
         pruning_ratio_dict=per_layer or None,
         max_pruning_ratio=cfg.max_layer_ratio,
@@ -228,29 +227,15 @@ def _step(model: nn.Module, cfg: PruneConfig, ratio: float, n_backbone: int, bat
     model.zero_grad(set_to_none=True)
 
 
-def _layer_widths(model: nn.Module) -> list[int]:
+def layer_widths(model: nn.Module) -> list[int]:
+    """Output channels summed over each layer's convolutions, per layer index."""
     return [sum(m.out_channels for m in layer.modules() if isinstance(m, nn.Conv2d)) for layer in model.model]
 
 
-def _global_plan(model: nn.Module, cfg: PruneConfig, ratio: float, n_backbone: int, batches: list[dict]) -> dict:
-    """Per-layer ratios from Torch-Pruning's global ranking, read off a throwaway copy.
-
-    A global ranking may keep different counts in the two halves of a CSP block, which the stock block cannot
-    hold; applying the plan per layer (every group of a layer at that layer's ratio) keeps them equal.
-    """
-    plan = deepcopy(model)
-    before = _layer_widths(plan)
-    _step(plan, cfg, ratio, n_backbone, batches, {}, global_pruning=True)
-    after = _layer_widths(plan)
-    return {i: 1 - a / b for i, (a, b) in enumerate(zip(after, before)) if b}
-
-
-def _prune_once(model: nn.Module, cfg: PruneConfig, ratio: float, n_backbone: int, batches: list[dict]) -> nn.Module:
-    """Prune ``model`` in place at channel ``ratio`` (uniform or global); returns it with stock classes only."""
-    layer_ratios = dict(cfg.layer_ratios)
-    if cfg.allocation == "global":
-        layer_ratios = {**_global_plan(model, cfg, ratio, n_backbone, batches), **layer_ratios}
-    _step(model, cfg, ratio, n_backbone, batches, layer_ratios)
+def _prune_once(model: nn.Module, cfg: PruneConfig, ratio: float, ctx: PlanContext) -> nn.Module:
+    """Prune ``model`` in place at channel ``ratio`` with the configured allocation; returns it with stock classes."""
+    layer_ratios = {**ALLOCATIONS.get(cfg.allocation)(model, cfg, ratio, ctx), **cfg.layer_ratios}
+    prune_step(model, cfg, ratio, ctx.n_backbone, ctx.batches, layer_ratios)
     fit_attention(model)
     merge_csp(model)
     for p in model.parameters():
@@ -259,9 +244,16 @@ def _prune_once(model: nn.Module, cfg: PruneConfig, ratio: float, n_backbone: in
 
 
 def prune_model(
-    model: nn.Module, cfg: PruneConfig, data: str | None = None, batches: int = 4
+    model: nn.Module, cfg: PruneConfig, data: str | None = None, batches: int = 4, out_dir: Path | None = None
 ) -> tuple[nn.Module, dict]:
     """Prune a DetectionModel (a pruned copy is returned; ``model`` is untouched).
+
+    Args:
+        model: the DetectionModel.
+        cfg: what to prune and how far.
+        data: data YAML, for ``taylor`` batches and the ``sensitivity`` allocation.
+        batches: batches of 4 images for ``taylor``.
+        out_dir: where an allocation may write what it measured (the sensitivity table and plot).
 
     Returns:
         The pruned model and a report dict (params/GFLOPs before and after, per-layer channels, ratio used).
@@ -270,7 +262,10 @@ def prune_model(
         raise ValueError(f"only detection models can be pruned, got a {type(model).__name__}")
     n_backbone = len((getattr(model, "yaml", None) or {}).get("backbone", [])) or len(model.model) // 2
     before = model_stats(model, cfg.imgsz)
-    tb = _taylor_batches(model, data, 64, batches) if cfg.method == "taylor" else []
+    from yolo_distill.prune.importance import NEEDS_BATCHES
+
+    tb = _taylor_batches(data, 64, batches) if cfg.method in NEEDS_BATCHES else []
+    ctx = PlanContext(n_backbone, tb, data, out_dir)
     if cfg.gflops is not None:
         if cfg.gflops >= before["gflops"]:
             raise ValueError(
@@ -280,12 +275,12 @@ def prune_model(
         # GFLOPs is not monotonic in the ratio near the cap (groups that would round to zero are skipped), so
         # scan a coarse grid first, then bisect between the last grid ratio above the target and the first below
         def gflops_at(r: float) -> float:
-            return model_stats(_prune_once(deepcopy(model), cfg, r, n_backbone, tb), cfg.imgsz)["gflops"]
+            return model_stats(_prune_once(deepcopy(model), cfg, r, ctx), cfg.imgsz)["gflops"]
 
         grid = [r for r in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8) if r <= cfg.max_layer_ratio]
         seen = {}
         hi = None
-        for r in grid:
+        for r in progress(grid, f"GFLOPs search for {cfg.gflops:.2f}"):
             seen[r] = gflops_at(r)
             if seen[r] <= cfg.gflops:
                 hi = r
@@ -306,7 +301,7 @@ def prune_model(
         ratio = hi
     else:
         ratio = float(cfg.ratio)
-    pruned = _prune_once(deepcopy(model), cfg, ratio, n_backbone, tb)
+    pruned = _prune_once(deepcopy(model), cfg, ratio, ctx)
     after = model_stats(pruned, cfg.imgsz)
     ch_before, ch_after = conv_channels(model), conv_channels(pruned)
     report = {
@@ -319,124 +314,3 @@ def prune_model(
         "layers": {k: [ch_before[k], ch_after.get(k)] for k in ch_before if ch_before[k] != ch_after.get(k)},
     }
     return pruned, report
-
-
-def prune_checkpoint(
-    model: str,
-    ratio: float | None = 0.5,
-    gflops: float | None = None,
-    method: str = "l1",
-    scope: str = "all",
-    data: str | None = None,
-    out: str | None = None,
-    round_to: int = 8,
-    max_layer_ratio: float = 0.9,
-    protect: list | str | int | None = None,
-    imgsz: int = 640,
-    batches: int = 4,
-    val: bool = False,
-    allocation: str = "uniform",
-    max_drop: float = 0.02,
-    layer_ratios: dict | None = None,
-) -> dict:
-    """Prune a checkpoint and write ``out`` (a stock Ultralytics checkpoint) and ``prune_report.json`` beside it.
-
-    Everything is checked before any file is written; the source checkpoint is never modified.
-
-    Args:
-        model: the source ``*.pt``.
-        ratio: channel ratio removed per layer, in (0, 1) (ignored when ``gflops`` is given).
-        gflops: GFLOPs target at ``imgsz``.
-        method: ``l1``, ``l2``, ``bn`` or ``taylor``.
-        scope: ``backbone`` or ``all``.
-        data: data YAML (for ``taylor``, and for mAP before/after with ``val=True``).
-        out: output path (default: ``<model>_pruned.pt``); never overwritten.
-        round_to: channel multiple.
-        max_layer_ratio: per-layer cap on the removed fraction.
-        protect: layer indices, module names or ``head`` never pruned (a list, or comma-separated).
-        imgsz: image size for GFLOPs and validation.
-        batches: batches of 4 images for ``taylor``.
-        val: validate before and after (needs ``data``).
-        allocation: ``uniform`` (every layer at ``ratio``), ``global`` (a global importance ranking decides each
-            layer's share) or ``sensitivity`` (scan each layer alone, then give each the largest ratio whose mAP
-            drop stays within ``max_drop``; writes ``sensitivity.*`` beside ``out``).
-        max_drop: mAP50-95 drop allowed per layer with ``allocation=sensitivity``.
-        layer_ratios: explicit per-layer ratios ``{layer index: ratio}`` (non-uniform allocation).
-
-    Returns:
-        The report (also printed as a table and written as JSON).
-    """
-    from yolo_distill.checkpoints import load_model, save_stock_checkpoint
-
-    src = Path(model)
-    if isinstance(protect, str):
-        protect = [p.strip() for p in protect.split(",") if p.strip()]
-    elif isinstance(protect, int):
-        protect = [protect]
-    if allocation not in ("uniform", "global", "sensitivity"):
-        raise ValueError(f"allocation must be 'uniform', 'global' or 'sensitivity', got {allocation!r}")
-    if allocation == "sensitivity" and not data:
-        raise ValueError("allocation=sensitivity needs data= (each layer is validated after pruning it alone)")
-    cfg = PruneConfig(ratio=ratio, gflops=gflops, method=method, scope=scope, round_to=round_to,
-                      max_layer_ratio=max_layer_ratio, protect=list(protect or []), imgsz=imgsz,
-                      layer_ratios=dict(layer_ratios or {}),
-                      allocation="global" if allocation == "global" else "uniform")  # fmt: skip
-    dst = Path(out) if out else src.with_name(f"{src.stem}_pruned.pt")
-    report_path = (
-        dst.with_name("prune_report.json") if dst.stem == "pruned" else dst.with_name(f"{dst.stem}_report.json")
-    )
-    if dst.resolve() == src.resolve():
-        raise ValueError("out= must differ from model=: the source checkpoint is never overwritten")
-    for p in (dst, report_path):
-        if p.exists():
-            raise FileExistsError(f"{p} already exists; choose another out= or move it away")
-    net = load_model(src)
-    if allocation == "sensitivity":
-        from yolo_distill.prune import sensitivity
-
-        result = sensitivity.scan(net, data, method=method, imgsz=imgsz, out_dir=dst.parent / f"{dst.stem}_sensitivity")
-        cfg.layer_ratios = sensitivity.allocate(result, max_drop, cap=max_layer_ratio)
-    ckpt = torch.load(src, map_location="cpu", weights_only=False)
-    already = ckpt.get("prune_report") if isinstance(ckpt, dict) else None
-    pruned, report = prune_model(net, cfg, data=data, batches=batches)
-    report["source"] = str(src)
-    report["already_pruned"] = already is not None
-    if val:
-        if not data:
-            raise ValueError("val=True needs data=")
-        report["map50_95"] = {"before": _val(net, data, imgsz), "after_prune": _val(pruned, data, imgsz)}
-    train_args = {k: v for k, v in (getattr(net, "args", {}) or {}).items() if k in ("data", "imgsz", "task")}
-    pruned.names = getattr(net, "names", None)
-    save_stock_checkpoint(pruned, dst, train_args=train_args, prune_report=report)
-    report["out"] = str(dst)
-    report_path.write_text(json.dumps(report, indent=2, default=str))
-    _print(report)
-    return report
-
-
-def _val(model: nn.Module, data: str, imgsz: int) -> float:
-    """mAP50-95 of ``model`` on ``data``'s val split (through a temporary stock checkpoint)."""
-    import tempfile
-
-    from ultralytics import YOLO
-
-    from yolo_distill.checkpoints import save_stock_checkpoint
-    from yolo_distill.data.builtin import resolve_data
-
-    with tempfile.TemporaryDirectory() as d:
-        p = save_stock_checkpoint(model, Path(d) / "m.pt")
-        m = YOLO(str(p)).val(data=resolve_data(data), imgsz=imgsz, batch=8, device="cpu", plots=False, verbose=False)
-        return float(m.box.map)
-
-
-def _print(r: dict) -> None:
-    b, a = r["before"], r["after"]
-    again = ", already pruned before" if r["already_pruned"] else ""
-    c = r["config"]
-    print(f"\npruned {r['source']} -> {r.get('out')} (method {c['method']}, scope {c['scope']}, ", end="")
-    print(f"channel ratio {r['channel_ratio_used']:.3f}{again})")
-    print(f"{'':<10}{'params':>12}{'GFLOPs':>10}")
-    print(f"{'before':<10}{b['params']:>12,}{b['gflops']:>10.2f}")
-    print(f"{'after':<10}{a['params']:>12,}{a['gflops']:>10.2f}")
-    if "map50_95" in r:
-        print(f"mAP50-95 before {r['map50_95']['before']:.4f}, right after pruning {r['map50_95']['after_prune']:.4f}")

@@ -9,7 +9,13 @@ from pathlib import Path
 
 from torch import nn
 
+from yolo_distill.evaluate import evaluate
+from yolo_distill.log import progress
 from yolo_distill.prune.pruner import PruneConfig, prune_model
+
+
+def _map(model: nn.Module, data: str, imgsz: int) -> float:
+    return evaluate(model, data, imgsz=imgsz, batch=8)["map50_95"]
 
 
 def prunable_layers(model: nn.Module) -> list[int]:
@@ -40,19 +46,17 @@ def scan(
     Returns:
         ``{"base": mAP, "drops": {layer: {ratio: drop}}}``.
     """
-    from yolo_distill.prune.pruner import _val
-
     all_layers = prunable_layers(model)
     layers = layers or all_layers
-    base = _val(model, data, imgsz)
+    base = _map(model, data, imgsz)
     drops: dict[int, dict[float, float]] = {}
-    for i in layers:
+    for i in progress(layers, "sensitivity scan (layers)"):
         others = [j for j in all_layers if j != i] + [len(model.model) - 1]  # Detect too: one layer alone
         drops[i] = {}
         for r in ratios:
             cfg = PruneConfig(ratio=r, method=method, imgsz=imgsz, protect=others, max_layer_ratio=0.95)
             pruned, _ = prune_model(deepcopy(model), cfg, data=data)
-            drops[i][r] = base - _val(pruned, data, imgsz)
+            drops[i][r] = base - _map(pruned, data, imgsz)
     result = {"base": base, "method": method, "drops": drops}
     if out_dir is not None:
         write(result, Path(out_dir))
@@ -80,18 +84,17 @@ def write(result: dict, out_dir: Path) -> None:
         w.writerow(["layer", *[f"drop@{r:g}" for r in ratios]])
         for i, d in result["drops"].items():
             w.writerow([i, *[f"{d[r]:.4f}" for r in ratios]])
-    import matplotlib
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    tab20 = colormaps["tab20"]
     for k, (i, d) in enumerate(result["drops"].items()):
         style = "-" if k < 10 else "--"
-        ax.plot(ratios, [d[r] for r in ratios], style, marker="o", color=plt.cm.tab20(k % 20), label=f"layer {i}")
+        ax.plot(ratios, [d[r] for r in ratios], style, marker="o", color=tab20(k % 20), label=f"layer {i}")
     ax.set_xlabel("channel ratio removed (this layer only)")
     ax.set_ylabel(f"mAP50-95 drop (base {result['base']:.3f})")
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(out_dir / "sensitivity.png", dpi=100)
-    plt.close(fig)

@@ -1,0 +1,137 @@
+"""The pruning workflow for checkpoints: check the request, plan the outputs, prune, validate, write, report.
+
+Everything is checked before any file is written; the source checkpoint is only read. The algorithm itself is
+:func:`yolo_distill.prune.pruner.prune_model`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from yolo_distill.checkpoints import load_model, save_stock_checkpoint, write_text_atomic
+from yolo_distill.evaluate import evaluate
+from yolo_distill.log import LOGGER, table
+from yolo_distill.prune.pruner import PruneConfig, prune_model
+
+
+def report_path(out: Path) -> Path:
+    """Where the report of a pruned checkpoint goes: ``<stem>_report.json`` beside it (``pruned.pt`` ->
+    ``pruned_report.json``)."""
+    return out.with_name(f"{out.stem}_report.json")
+
+
+def _outputs(src: Path, out: str | None) -> tuple[Path, Path]:
+    """The output checkpoint and report paths; refuses the source itself and anything that exists."""
+    dst = Path(out) if out else src.with_name(f"{src.stem}_pruned.pt")
+    if dst.suffix != ".pt":
+        raise ValueError(f"out={dst}: the pruned checkpoint must be a *.pt path")
+    if dst.resolve() == src.resolve():
+        raise ValueError("out= must differ from model=: the source checkpoint is never overwritten")
+    rep = report_path(dst)
+    for p in (dst, rep):
+        if p.exists():
+            raise FileExistsError(f"{p} already exists; choose another out= or move it away")
+    return dst, rep
+
+
+def _protect_list(protect: list | str | int | None) -> list[int | str]:
+    if isinstance(protect, str):
+        return [p.strip() for p in protect.split(",") if p.strip()]
+    if isinstance(protect, int):
+        return [protect]
+    return list(protect or [])
+
+
+def prune_checkpoint(
+    model: str,
+    ratio: float | None = 0.5,
+    gflops: float | None = None,
+    method: str = "l1",
+    scope: str = "all",
+    data: str | None = None,
+    out: str | None = None,
+    round_to: int = 8,
+    max_layer_ratio: float = 0.9,
+    protect: list | str | int | None = None,
+    imgsz: int = 640,
+    batches: int = 4,
+    val: bool = False,
+    allocation: str = "uniform",
+    max_drop: float = 0.02,
+    layer_ratios: dict | None = None,
+) -> dict:
+    """Prune a checkpoint and write ``out`` (a stock Ultralytics checkpoint) and ``<out stem>_report.json`` beside it.
+
+    Everything is checked before any file is written; the source checkpoint is never modified.
+
+    Args:
+        model: the source ``*.pt``.
+        ratio: channel ratio removed per layer, in (0, 1) (ignored when ``gflops`` is given).
+        gflops: GFLOPs target at ``imgsz``.
+        method: importance criterion: ``l1``, ``l2``, ``bn`` or ``taylor`` (:mod:`~yolo_distill.prune.importance`).
+        scope: ``backbone`` or ``all``.
+        data: data YAML (for ``taylor``, ``allocation=sensitivity``, and mAP before/after with ``val=True``).
+        out: output path (default: ``<model>_pruned.pt``); never overwritten.
+        round_to: channel multiple.
+        max_layer_ratio: per-layer cap on the removed fraction.
+        protect: layer indices, module names or ``head`` never pruned (a list, or comma-separated).
+        imgsz: image size for GFLOPs and validation.
+        batches: batches of 4 images for ``taylor``.
+        val: validate before and after (needs ``data``).
+        allocation: ``uniform`` (every layer at ``ratio``), ``global`` (a global importance ranking decides each
+            layer's share) or ``sensitivity`` (scan each layer alone, then give each the largest ratio whose mAP
+            drop stays within ``max_drop``; writes ``<out stem>_sensitivity/`` beside ``out``).
+        max_drop: mAP50-95 drop allowed per layer with ``allocation=sensitivity``.
+        layer_ratios: explicit per-layer ratios ``{layer index: ratio}`` (non-uniform allocation).
+
+    Returns:
+        The report (also logged as a table and written as JSON).
+    """
+    src = Path(model)
+    cfg = PruneConfig(ratio=ratio, gflops=gflops, method=method, scope=scope, round_to=round_to,
+                      max_layer_ratio=max_layer_ratio, protect=_protect_list(protect), imgsz=imgsz,
+                      layer_ratios=dict(layer_ratios or {}), allocation=allocation, max_drop=max_drop)  # fmt: skip
+    if allocation == "sensitivity" and not data:
+        raise ValueError("allocation=sensitivity needs data= (each layer is validated after pruning it alone)")
+    if val and not data:
+        raise ValueError("val=True needs data= (the mAP before and after pruning is measured on its val split)")
+    dst, rep_path = _outputs(src, out)
+    net = load_model(src)
+    ckpt = torch.load(src, map_location="cpu", weights_only=False)
+    already = ckpt.get("prune_report") if isinstance(ckpt, dict) else None
+    pruned, report = prune_model(net, cfg, data=data, batches=batches, out_dir=dst.parent / f"{dst.stem}_sensitivity")
+    report["source"] = str(src)
+    report["already_pruned"] = already is not None
+    if val:
+        report["map50_95"] = {"before": _map(net, data, imgsz), "after_prune": _map(pruned, data, imgsz)}
+    train_args = {k: v for k, v in (getattr(net, "args", {}) or {}).items() if k in ("data", "imgsz", "task")}
+    pruned.names = getattr(net, "names", None)
+    save_stock_checkpoint(pruned, dst, train_args=train_args, prune_report=report)
+    report["out"] = str(dst)
+    write_text_atomic(rep_path, json.dumps(report, indent=2, default=str))
+    LOGGER.info(summary(report))
+    return report
+
+
+def _map(model: nn.Module, data: str, imgsz: int) -> float:
+    return evaluate(model, data, imgsz=imgsz, batch=8)["map50_95"]
+
+
+def summary(r: dict) -> str:
+    """The report as a few lines of text: what was pruned, params and GFLOPs before and after, mAP."""
+    b, a, c = r["before"], r["after"], r["config"]
+    again = ", already pruned before" if r["already_pruned"] else ""
+    lines = [
+        f"pruned {r['source']} -> {r.get('out')} (method {c['method']}, scope {c['scope']}, allocation "
+        f"{c['allocation']}, channel ratio {r['channel_ratio_used']:.3f}{again})",
+        table([["before", b["params"], b["gflops"]], ["after", a["params"], a["gflops"]]],
+              ["", "params", "GFLOPs"], ["", ",d", ".2f"]),  # fmt: skip
+    ]
+    if "map50_95" in r:
+        m = r["map50_95"]
+        lines.append(f"mAP50-95 before {m['before']:.4f}, right after pruning {m['after_prune']:.4f}")
+    return "\n".join(lines)
