@@ -1,4 +1,4 @@
-"""Latency: warm-up, then the median and p90 of many single-image runs."""
+"""ONNX Runtime sessions and latency: warm-up, then the median and p90 of many single-image runs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from yolo_distill.log import progress
+
+
+def ort_session(path: str | Path, threads: int = 2):
+    """An ONNX Runtime CPU session of ``path`` with ``threads`` intra-op threads (one inter-op thread): the one way
+    parity, latency and comparisons open a model, so they all run it alike."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
 
 def _stats(times: list[float]) -> dict[str, float]:
     a = np.asarray(times) * 1000.0
@@ -16,21 +29,7 @@ def _stats(times: list[float]) -> dict[str, float]:
 
 def time_onnx(path: str | Path, x: np.ndarray, threads: int = 2, runs: int = 50, warmup: int = 5) -> dict[str, float]:
     """ONNX Runtime CPU latency of ``path`` on input ``x`` (1, 3, H, W)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    for _ in range(warmup):
-        sess.run(None, {name: x})
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        sess.run(None, {name: x})
-        times.append(time.perf_counter() - t)
-    return _stats(times)
+    return compare_onnx([path], x, threads, runs, warmup)[str(path)]
 
 
 def time_torch(model: torch.nn.Module, x: np.ndarray, threads: int = 2, runs: int = 25, warmup: int = 3) -> dict:
@@ -55,18 +54,13 @@ def time_torch(model: torch.nn.Module, x: np.ndarray, threads: int = 2, runs: in
 def compare_onnx(paths: list[str | Path], x: np.ndarray, threads: int = 2, runs: int = 50, warmup: int = 5) -> dict:
     """ONNX Runtime latency of several models measured interleaved (one run of each in turn), so that load on the
     machine affects all of them alike and their ratios hold. Returns ``{path: stats}``."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    sessions = {str(p): ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"]) for p in paths}
+    sessions = {str(p): ort_session(p, threads) for p in paths}
     names = {p: s.get_inputs()[0].name for p, s in sessions.items()}
     for _ in range(warmup):
         for p, s in sessions.items():
             s.run(None, {names[p]: x})
     times: dict[str, list[float]] = {p: [] for p in sessions}
-    for _ in range(runs):
+    for _ in progress(range(runs), f"latency, {len(sessions)} model(s) interleaved, {threads} thread(s)"):
         for p, s in sessions.items():
             t = time.perf_counter()
             s.run(None, {names[p]: x})

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger("yolo_distill")
+from yolo_distill.log import LOGGER as log
 
 
 class _Reader:
