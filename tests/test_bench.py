@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from yolo_distill.bench import runner
+from yolo_distill.bench import cache, rows, runner
+from yolo_distill.bench.spec import load_bench_recipe, parse_row
 
 
 class Killed(Exception):
@@ -16,16 +17,16 @@ class Killed(Exception):
 def test_mini_bench_report_and_resume(tmp_path, monkeypatch, tiny_data):
     monkeypatch.chdir(tmp_path)
     calls, killed = [], []
-    real = runner._run_row
+    real = rows.run_row
 
     def counting(row, s, done, out):
-        calls.append(row["name"])
-        if row["name"] == "pruned_noft" and not killed:
+        calls.append(row.name)
+        if row.name == "pruned_noft" and not killed:
             killed.append(True)
             raise Killed  # the bench is killed during its last row
         return real(row, s, done, out)
 
-    monkeypatch.setattr(runner, "_run_row", counting)
+    monkeypatch.setattr(rows, "run_row", counting)
     with pytest.raises(Killed):
         runner.run_bench("mini", out=str(tmp_path / "b"))
     saved = json.loads((tmp_path / "b" / "results.json").read_text())
@@ -42,16 +43,16 @@ def test_mini_bench_report_and_resume(tmp_path, monkeypatch, tiny_data):
     for name in ("teacher", "student_kd", "student_native", "pruned_noft"):
         assert f"| {name} |" in report
     assert all((tmp_path / "b" / f).stat().st_size > 0 for f in ("map_vs_gflops.png", "map_vs_latency.png"))
-    rows = {r["name"]: r for r in res["rows"]}
-    assert all(r["parity_ok"] for r in rows.values())
-    assert rows["pruned_noft"]["params"] < rows["teacher"]["params"]
-    assert rows["pruned_noft"]["gflops"] <= 0.5 * rows["teacher"]["gflops"] * 1.01
-    assert rows["compact_int8"]["int8_ms"] > 0 and rows["compact_int8"]["params"] == rows["student_kd"]["params"]
-    assert set(rows["compact_int8"]["onnx_map50_95"]) == {"onnx_fp32", "onnx_int8"}
+    by = {r["name"]: r for r in res["rows"]}
+    assert all(r["parity_ok"] for r in by.values())
+    assert by["pruned_noft"]["params"] < by["teacher"]["params"]
+    assert by["pruned_noft"]["gflops"] <= 0.5 * by["teacher"]["gflops"] * 1.01
+    assert by["compact_int8"]["int8_ms"] > 0 and by["compact_int8"]["params"] == by["student_kd"]["params"]
+    assert set(by["compact_int8"]["onnx_map50_95"]) == {"onnx_fp32", "onnx_int8"}
     assert "| compact_int8 | " in report.split("ONNX models run by ONNX Runtime")[1]
     # the KD step overhead column: measured for the KD student only
-    assert rows["student_kd"]["kd_step_vs_plain"] > 0 and rows["student_kd"]["kd_step_vs_native"] > 0
-    assert "kd_step_vs_plain" not in rows["student_native"] and "KD step x plain / x native" in report
+    assert by["student_kd"]["kd_step_vs_plain"] > 0 and by["student_kd"]["kd_step_vs_native"] > 0
+    assert "kd_step_vs_plain" not in by["student_native"] and "KD step x plain / x native" in report
     kd_line = next(line for line in report.splitlines() if line.startswith("| student_kd |"))
     assert kd_line.split("|")[10].strip() != "-", kd_line
     # a row finished before the column existed gets it measured on the next run, without training again
@@ -71,8 +72,17 @@ def test_bench_recipe_errors(tmp_path):
     bad.write_text("data: shapes\nrowz: []\n")
     with pytest.raises(KeyError, match="rowz"):
         runner.run_bench(str(bad))
-    bad.write_text("rows:\n  - {name: a, kind: train, teacher: '@b'}\n")
+    bad.write_text("rows:\n  - {name: a, kind: train, model: m.yaml, teacher: '@b'}\n")
     with pytest.raises(ValueError, match="before it is defined"):
+        runner.run_bench(str(bad))
+    bad.write_text("rows:\n  - {name: a, kind: prune, from: x.pt, gflop_ratio: 0.5}\n")
+    with pytest.raises(KeyError, match=r"rows\[0\]: unknown key\(s\) \['gflop_ratio'\].*gflops_ratio"):
+        runner.run_bench(str(bad))  # a typo is an error, not a silently ignored key that still changes the cache key
+    bad.write_text("rows:\n  - {name: a, kind: prune, from: x.pt, gflops_ratio: 1.5}\n")
+    with pytest.raises(ValueError, match=r"gflops_ratio must be a number in \(0, 1\), got 1.5"):
+        runner.run_bench(str(bad))
+    bad.write_text("rows:\n  - {name: a, kind: train}\n")
+    with pytest.raises(ValueError, match="a train row needs model="):
         runner.run_bench(str(bad))
     bad.write_text("rows:\n  - {name: a, kind: train, model: m.yaml, distill_model: '@b'}\n")
     with pytest.raises(ValueError, match="refers to @b before it is defined"):
@@ -80,8 +90,10 @@ def test_bench_recipe_errors(tmp_path):
 
 
 def test_step_cost_table_has_all_configs(ckpt_factory, capsys):
-    from yolo_distill.bench.step_cost import measure
+    from yolo_distill.api import kd_step_cost as measure
+    from yolo_distill.log import to_stdout
 
+    to_stdout(verbose=True)
     res = measure(student="yolo11n.yaml", teacher=str(ckpt_factory("yolo11s.yaml")), imgsz=64, batch=2, steps=1,
                   memory=False)  # fmt: skip
     assert all(res[c]["median_s"] > 0 for c in ("plain", "ours", "native"))
@@ -91,42 +103,45 @@ def test_step_cost_table_has_all_configs(ckpt_factory, capsys):
 def test_cache_key_follows_what_the_row_computes(monkeypatch):
     from yolo_distill.config import load_distill_recipe
 
+    def key(raw, settings, refs):
+        return cache.key(parse_row({"model": "m.yaml", **raw}, "test", {"t"}), settings, refs)
+
     row, settings, refs = {"name": "s", "kind": "train", "teacher": "@t", "recipe": "cwd"}, {"imgsz": 64}, {"t": "k0"}
-    k1 = runner._key(row, settings, refs)
-    assert runner._key(dict(row), settings, dict(refs)) == k1
-    assert runner._key({**row, "name": "renamed"}, settings, refs) == k1, "a row's name is a label, not its identity"
-    assert runner._key(row, settings, {"t": "k1"}) != k1, "a row built on a recomputed row must be recomputed"
-    assert runner._key(row, settings, {}) is None, "no key while the referenced row has no result"
-    assert runner._key({**row, "recipe": "pkd"}, settings, refs) != k1
+    k1 = key(row, settings, refs)
+    assert key(dict(row), settings, dict(refs)) == k1
+    assert key({**row, "name": "renamed"}, settings, refs) == k1, "a row's name is a label, not its identity"
+    assert key(row, settings, {"t": "k1"}) != k1, "a row built on a recomputed row must be recomputed"
+    assert key(row, settings, {}) is None, "no key while the referenced row has no result"
+    assert key({**row, "recipe": "pkd"}, settings, refs) != k1
     cwd = load_distill_recipe("cwd")
-    monkeypatch.setattr("yolo_distill.config.load_distill_recipe", lambda r: cwd)
-    assert runner._key({**row, "recipe": "cwd_copy"}, settings, refs) == k1, "a renamed recipe file is the same recipe"
+    monkeypatch.setattr(cache, "load_distill_recipe", lambda r: cwd)
+    assert key({**row, "recipe": "cwd_copy"}, settings, refs) == k1, "a renamed recipe file is the same recipe"
     cwd.description = "reworded"
-    assert runner._key(row, settings, refs) == k1, "a recipe's description is not what it computes"
+    assert key(row, settings, refs) == k1, "a recipe's description is not what it computes"
     edited = load_distill_recipe("cwd")
     edited.losses[0].weight = 2.0
-    monkeypatch.setattr("yolo_distill.config.load_distill_recipe", lambda r: edited)
-    assert runner._key(row, settings, refs) != k1, "editing the recipe file must rerun the row"
+    monkeypatch.setattr(cache, "load_distill_recipe", lambda r: edited)
+    assert key(row, settings, refs) != k1, "editing the recipe file must rerun the row"
     plain = {"name": "t", "kind": "train", "teacher": None}
-    assert runner._key(plain, settings, {}) == runner._key({**plain, "recipe": "ignored"}, settings, {})
+    assert key(plain, settings, {}) == key({**plain, "recipe": "ignored"}, settings, {})
 
 
 def test_results_written_by_another_bench_process_are_kept(tmp_path):
     """Two ``only=`` benches side by side: each one's finished rows survive the other's writes."""
     res = tmp_path / "results.json"
-    mine = runner._save(res, "a", {"name": "a"})
+    mine = cache.save(res, "a", {"name": "a"})
     res.write_text(json.dumps({**mine, "b": {"name": "b"}}))  # the other process finished row b meanwhile
-    runner._save(res, "c", {"name": "c"})
+    cache.save(res, "c", {"name": "c"})
     assert sorted(json.loads(res.read_text())) == ["a", "b", "c"]
-    assert not res.with_name("results.json.tmp").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"], "no temporary file is left behind"
 
 
 def test_shipped_bench_recipes_validate():
-    from yolo_distill.config import CONFIG_ROOT, load_yaml
+    from yolo_distill.config import CONFIG_ROOT
 
     for path in sorted((CONFIG_ROOT / "bench").glob("*.yaml")):
-        settings, rows = runner._validate(load_yaml(path), str(path))
-        assert rows and all(r["kind"] in runner.ROW_KINDS for r in rows), path.name
+        spec = load_bench_recipe(path)
+        assert spec.rows and all(r.kind in ("train", "prune", "export") for r in spec.rows), path.name
 
 
 def test_finished_training_is_reused_not_rerun(tmp_path, monkeypatch):
@@ -135,15 +150,16 @@ def test_finished_training_is_reused_not_rerun(tmp_path, monkeypatch):
     (run / "weights").mkdir(parents=True)
     (run / "weights" / "best.pt").write_bytes(b"x")
     (run / "results.csv").write_text("epoch,time\n1,1.0\n2,2.0\n")
-    assert runner._finished_run(run, 2) == run / "weights" / "best.pt"
-    assert runner._finished_run(run, 3) is None, "an unfinished run must be trained again"
+    assert cache.finished_run(run, 2) == run / "weights" / "best.pt"
+    assert cache.finished_run(run, 3) is None, "an unfinished run must be trained again"
     (run / "args.yaml").write_text("seed: 0\n")
-    assert runner._finished_run(run, 2, seed=0) == run / "weights" / "best.pt"
-    assert runner._finished_run(run, 2, seed=1) is None, "another seed's run must never stand in for this one"
-    assert runner._run_name({"name": "teacher"}, {"seed": 0}) == "teacher"
-    assert runner._run_name({"name": "teacher"}, {"seed": 1}) == "teacher_seed1"
-    monkeypatch.setattr("yolo_distill.api.distill", lambda *a, **k: pytest.fail("retrained a finished row"))
-    got = runner._train_row({"name": "teacher"}, {"data": "x"}, {}, "m.yaml", 2, {"project": str(tmp_path / "runs")})
+    assert cache.finished_run(run, 2, seed=0) == run / "weights" / "best.pt"
+    assert cache.finished_run(run, 2, seed=1) is None, "another seed's run must never stand in for this one"
+    teacher = parse_row({"name": "teacher", "kind": "train", "model": "m.yaml"}, "test", set())
+    assert rows.run_name(teacher, {"seed": 0}) == "teacher"
+    assert rows.run_name(teacher, {"seed": 1}) == "teacher_seed1"
+    monkeypatch.setattr("yolo_distill.distill.run.train", lambda *a, **k: pytest.fail("retrained a finished row"))
+    got = rows.train_row(teacher, {"data": "x"}, {}, "m.yaml", 2, {"project": str(tmp_path / "runs")})
     assert got == run
 
 
@@ -151,21 +167,23 @@ def test_prune_speed_table(tmp_path, ckpt_factory, capsys):
     """The pruning speed study prunes to the target, times every variant and leaves the source untouched."""
     import hashlib
 
-    from yolo_distill.bench.prune_speed import measure
+    from yolo_distill.api import prune_speed as measure
+    from yolo_distill.log import to_stdout
 
+    to_stdout(verbose=True)
     src = ckpt_factory("yolo11n.yaml")
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
     res = measure(str(src), gflops_ratios=[0.5], round_to=[8, 16], references=["yolov8n.yaml"], imgsz=64, runs=2,
                   threads=[1, 2], torch_runs=1, out=str(tmp_path / "speed"))  # fmt: skip
     assert hashlib.sha256(src.read_bytes()).hexdigest() == digest, "the source checkpoint was modified"
-    rows = {r["name"]: r for r in res["rows"]}
-    assert set(rows) == {"source", "yolov8n (reference)", "gflops50_round8", "gflops50_round16"}
+    by = {r["name"]: r for r in res["rows"]}
+    assert set(by) == {"source", "yolov8n (reference)", "gflops50_round8", "gflops50_round16"}
     for k in (8, 16):
-        r = rows[f"gflops50_round{k}"]
-        assert r["gflops"] <= 0.5 * rows["source"]["gflops"] + 1e-6, r
+        r = by[f"gflops50_round{k}"]
+        assert r["gflops"] <= 0.5 * by["source"]["gflops"] + 1e-6, r
         assert r["gflops_reduction"] >= 2 and r["torch_ms"] > 0, r
         assert all(r[f"efficiency_t{t}"] > 0 and r[f"ms_t{t}"] > 0 for t in (1, 2)), r
-    assert rows["source"]["efficiency_t1"] is None and rows["source"]["speedup_t2"] == 1.0
+    assert by["source"]["efficiency_t1"] is None and by["source"]["speedup_t2"] == 1.0
     out = tmp_path / "speed" / src.stem
     assert json.loads((out / "speed.json").read_text())["rows"] == res["rows"]
     assert "| gflops50_round16 |" in (out / "speed.md").read_text() and "efficiency" in capsys.readouterr().out
@@ -188,21 +206,21 @@ def test_row_repeats_and_only(tmp_path, monkeypatch):
     calls = []
 
     def fake(row, s, done, out):
-        calls.append((row["name"], s["seed"], runner._resolve(row.get("teacher"), done)))
-        ck = out / f"{row['name']}_{s['seed']}.pt"
+        calls.append((row.name, s["seed"], rows.resolve(row.teacher, done)))
+        ck = out / f"{row.name}_{s['seed']}.pt"
         ck.write_bytes(b"x")
-        m = 0.1 + 0.01 * s["seed"] + (0.05 if row["name"] == "kd" else 0)
-        return {"name": row["name"], "kind": "train", "checkpoint": str(ck), "map50_95": m, "map50": m, "params": 1,
+        m = 0.1 + 0.01 * s["seed"] + (0.05 if row.name == "kd" else 0)
+        return {"name": row.name, "kind": "train", "checkpoint": str(ck), "map50_95": m, "map50": m, "params": 1,
                 "gflops": 1.0, "onnx_ms": 1.0, "seconds": 1.0}  # fmt: skip
 
     step_costs = []
 
     def fake_step_cost(row, s, done):
-        step_costs.append((row["name"], s["seed"]))
+        step_costs.append((row.name, s["seed"]))
         return {"kd_step_vs_plain": 2.0, "kd_step_vs_native": 1.0}
 
-    monkeypatch.setattr(runner, "_run_row", fake)
-    monkeypatch.setattr(runner, "_kd_step_cost", fake_step_cost)
+    monkeypatch.setattr(rows, "run_row", fake)
+    monkeypatch.setattr(rows, "kd_step_cost", fake_step_cost)
     monkeypatch.setattr("yolo_distill.data.builtin.resolve_data", lambda d: d)
     runner.run_bench(str(recipe), out=str(tmp_path / "b"))
     assert [c[:2] for c in calls] == [("teacher", 0), ("plain", 0), ("kd", 0)]
@@ -238,18 +256,21 @@ def test_row_repeats_and_only(tmp_path, monkeypatch):
 
 
 def test_jobs_run_rows_in_processes_after_their_references(tmp_path, tiny_data, capsys):
+    from yolo_distill.log import to_stdout
+
+    to_stdout(verbose=True)
     """``jobs=2``: rows run as side-by-side processes, each after the rows it builds on; a failed row names its log,
     its dependants are skipped, the others finish and the report lists every finished row."""
     recipe = tmp_path / "par.yaml"
     recipe.write_text(
         f"data: {tiny_data}\nimgsz: 64\nepochs: 1\nbatch: 4\nexport_imgsz: 64\nrows:\n"
         "  - {name: base, kind: train, model: yolo11n.yaml, teacher: null}\n"
-        "  - {name: bad, kind: prune, from: '@base', ratio: 1.5, epochs: 0}\n"
+        "  - {name: bad, kind: prune, from: '@base', gflops: 1000, epochs: 0}\n"
         "  - {name: after_bad, kind: prune, from: '@bad', ratio: 0.5, epochs: 0}\n"
         "  - {name: slim, kind: prune, from: '@base', ratio: 0.5, epochs: 0}\n"
     )
     out = tmp_path / "b"
-    with pytest.raises(RuntimeError, match=r"bad \(exit code 1: .*ratio.*log .*bad\.log\); after_bad \(skipped"):
+    with pytest.raises(RuntimeError, match=r"bad \(exit code 1: .*gflops=1000.*log .*bad\.log\); after_bad \(skipped"):
         runner.run_bench(str(recipe), out=str(out), jobs=2)
     log = capsys.readouterr().out
     assert log.index("base finished") < log.index("started slim") and log.index("base finished") < log.index(
@@ -263,3 +284,76 @@ def test_jobs_run_rows_in_processes_after_their_references(tmp_path, tiny_data, 
     assert (out / "logs" / "slim.log").stat().st_size > 0
     with pytest.raises(ValueError, match="jobs must be an integer >= 1"):
         runner.run_bench(str(recipe), out=str(out), jobs=0)
+
+
+def test_rows_never_write_beside_a_checkpoint_they_are_given(tmp_path, tiny_data, ckpt_factory, monkeypatch):
+    """A row over the user's own checkpoint (a path, not a row) exports a copy inside the bench folder: the user's
+    folder, read-only here, stays byte for byte as it was, and nothing lands in the working directory."""
+    import hashlib
+    import os
+    import stat
+
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "model.pt").write_bytes(ckpt_factory("yolo11n.yaml").read_bytes())
+    (user / "model-seg.onnx").write_bytes(b"the user's other export")  # matched by the old stem* glob
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in user.iterdir()}
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"data: {tiny_data}\nimgsz: 64\nbatch: 4\nexport_imgsz: 64\nrows:\n"
+        f"  - {{name: given, kind: export, from: {user / 'model.pt'}, epochs: 0}}\n"
+        f"  - {{name: given_pruned, kind: prune, from: {user / 'model.pt'}, ratio: 0.5, epochs: 0}}\n"
+    )
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    os.chmod(user, stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        res = runner.run_bench(str(recipe), out=str(tmp_path / "b"))
+    finally:
+        os.chmod(user, stat.S_IRWXU)
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in user.iterdir()} == before
+    assert [r["name"] for r in res["rows"]] == ["given", "given_pruned"] and all(r["parity_ok"] for r in res["rows"])
+    assert (tmp_path / "b" / "exports" / "given" / "model.onnx").is_file()
+    assert list(cwd.iterdir()) == [], "validations and exports must not litter the working directory"
+
+
+def test_cached_results_outlive_their_run_folders(tmp_path, monkeypatch):
+    """A clone has results.json but no run folders: every cached row is still reported and nothing reruns, except
+    a row whose checkpoint a row that must run needs (then it is computed again, first)."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "data: shapes-tiny\nrows:\n"
+        "  - {name: teacher, kind: train, model: a.yaml}\n"
+        "  - {name: plain, kind: train, model: b.yaml}\n"
+        "  - {name: kd, kind: train, model: b.yaml, teacher: '@teacher'}\n"
+    )
+    calls = []
+
+    def fake(row, s, done, out):
+        calls.append(row.name)
+        ck = out / f"{row.name}.pt"
+        ck.write_bytes(b"x")
+        return {"name": row.name, "kind": "train", "checkpoint": str(ck), "map50_95": 0.1, "map50": 0.2, "params": 1,
+                "gflops": 1.0, "onnx_ms": 1.0, "seconds": 1.0, "kd_step_vs_plain": 1.0,
+                "kd_step_vs_native": 1.0}  # fmt: skip
+
+    monkeypatch.setattr(rows, "run_row", fake)
+    monkeypatch.setattr("yolo_distill.data.builtin.resolve_data", lambda d: d)
+    runner.run_bench(str(recipe), out=str(tmp_path / "b"))
+    assert calls == ["teacher", "plain", "kd"]
+    stored = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert sorted(e["checkpoint"] for e in stored.values()) == ["kd.pt", "plain.pt", "teacher.pt"], (
+        "checkpoints inside the bench folder are stored relative to it, so a cloned bench keeps them"
+    )
+    for ck in (tmp_path / "b").glob("*.pt"):
+        ck.unlink()  # run folders are not kept with results.json
+    calls.clear()
+    assert [r["name"] for r in runner.run_bench(str(recipe), out=str(tmp_path / "b"), report_only=True)["rows"]] == [
+        "teacher", "plain", "kd"]  # fmt: skip
+    runner.run_bench(str(recipe), out=str(tmp_path / "b"))
+    assert calls == [], f"nothing needs a checkpoint, nothing may rerun: {calls}"
+    new_row = "  - {name: kd_ld, kind: train, model: b.yaml, teacher: '@teacher', recipe: ld}\n"
+    recipe.write_text(recipe.read_text() + new_row)
+    runner.run_bench(str(recipe), out=str(tmp_path / "b"), only="kd_ld")
+    assert calls == ["teacher", "kd_ld"], f"kd_ld needs the teacher's checkpoint, which is gone: {calls}"

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from yolo_distill.log import LOGGER
+
 
 def _export(pt: Path, imgsz: int) -> Path:
     from ultralytics import YOLO
@@ -55,7 +57,7 @@ def measure(
     method: str = "l1",
     out: str = "bench/prune_speed",
 ) -> dict[str, Any]:
-    """Prune ``model`` to each GFLOPs ratio with each channel multiple, export, time, print and save a table.
+    """Prune ``model`` to each GFLOPs ratio with each channel multiple, export, time, log and save a table.
 
     Args:
         model: the source checkpoint (copied into the output folder; never modified).
@@ -77,7 +79,8 @@ def measure(
 
     from yolo_distill.checkpoints import load_model, save_stock_checkpoint
     from yolo_distill.export.latency import compare_onnx, time_torch
-    from yolo_distill.prune.pruner import model_stats, prune_checkpoint
+    from yolo_distill.prune.checkpoint import prune_checkpoint
+    from yolo_distill.prune.pruner import model_stats
 
     src = Path(model)
     if not src.is_file():
@@ -128,7 +131,7 @@ def measure(
     (folder / "speed.json").write_text(json.dumps(result, indent=2))
     table = _table(rows, block, imgsz, thread_counts, runs)
     (folder / "speed.md").write_text(table + "\n")
-    print(table)
+    LOGGER.info(table)
     return result
 
 

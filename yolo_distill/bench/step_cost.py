@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from yolo_distill.log import LOGGER, table
+
 CONFIGS = ("plain", "ours", "native")
 
 
@@ -62,6 +64,15 @@ def build(config: str, student: str, teacher: str, imgsz: int, recipe: str, devi
     return s, list(s.parameters()) + list(ctx.connectors.parameters()), nc
 
 
+def torch_device(device: str | int) -> torch.device:
+    """A torch device from an Ultralytics-style device string: ``cpu``, ``cuda``, ``0`` or ``0,1,2,3`` (the first
+    GPU of a list: one step is measured on one device)."""
+    d = str(device).strip().lower()
+    if d.replace(",", "").isdigit():
+        return torch.device(f"cuda:{d.split(',')[0]}")
+    return torch.device(d)
+
+
 def _step(model, opt, batch) -> None:
     loss, _ = model(batch)
     loss.sum().backward()
@@ -79,7 +90,7 @@ def measure(
     device: str = "cpu",
     memory: bool = True,
 ) -> dict[str, Any]:
-    """Median step time per configuration (interleaved) and peak memory; prints a table.
+    """Median step time per configuration (interleaved) and peak memory; logs a table.
 
     Args:
         student: student YAML.
@@ -91,7 +102,7 @@ def measure(
         device: ``cpu`` or ``cuda``.
         memory: also measure peak memory (one subprocess per configuration).
     """
-    dev = torch.device(device)
+    dev = torch_device(device)
     built = {c: build(c, student, teacher, imgsz, recipe, dev) for c in CONFIGS}
     b = _batch(batch, imgsz, built["plain"][2], dev)
     opts = {c: torch.optim.SGD(built[c][1], lr=1e-4) for c in CONFIGS}
@@ -115,20 +126,21 @@ def measure(
     res["ours_vs_plain_time"] = res["ours"]["median_s"] / res["plain"]["median_s"]
     if memory:
         res["ours_vs_native_memory"] = res["ours"]["peak_mb"] / res["native"]["peak_mb"]
-    print(f"\nKD step cost: student {student}, teacher {teacher}, imgsz {imgsz}, batch {batch}, {steps} steps each")
-    print(f"{'config':<8}{'median s/step':>15}{'peak MB':>10}")
-    for c in CONFIGS:
-        print(f"{c:<8}{res[c]['median_s']:>15.3f}{res[c].get('peak_mb', float('nan')):>10.0f}")
-    print(f"ours / native: time {res['ours_vs_native_time']:.2f}x", end="")
-    print(f", memory {res['ours_vs_native_memory']:.2f}x" if memory else "")
+    rows = [[c, res[c]["median_s"], res[c].get("peak_mb")] for c in CONFIGS]
+    mem = f", memory {res['ours_vs_native_memory']:.2f}x" if memory else ""
+    LOGGER.info(
+        "KD step cost: student %s, teacher %s, imgsz %d, batch %d, %d steps each\n%s\nours / native: time %.2fx%s",
+        student, teacher, imgsz, batch, steps, table(rows, ["config", "median s/step", "peak MB"], ["", ".3f", ".0f"]),
+        res["ours_vs_native_time"], mem,
+    )  # fmt: skip
     return res
 
 
 def _peak_memory(config: str, student: str, teacher: str, imgsz: int, batch: int, recipe: str, device: str) -> float:
     code = (
         "import json, resource, torch, yolo_distill\n"
-        "from yolo_distill.bench.step_cost import build, _batch, _step\n"
-        f"dev = torch.device({device!r})\n"
+        "from yolo_distill.bench.step_cost import build, _batch, _step, torch_device\n"
+        f"dev = torch_device({device!r})\n"
         f"m, params, nc = build({config!r}, {student!r}, {teacher!r}, {imgsz}, {recipe!r}, dev)\n"
         "opt = torch.optim.SGD(params, lr=1e-4)\n"
         f"b = _batch({batch}, {imgsz}, nc, dev)\n"

@@ -1,0 +1,103 @@
+"""The bench report: ``report.md`` (mean and spread over seeds) and three plots."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from yolo_distill.checkpoints import write_text_atomic
+
+
+def write_report(table: list[dict], out_dir: Path, recipe_name: str) -> Path:
+    """``report.md`` (mean and spread over seeds) and the plots."""
+    names = list(dict.fromkeys(r["name"] for r in table))
+    lines = [
+        f"# Benchmark `{recipe_name}`",
+        "",
+        "Latency columns are measured per row, one row after another: compare them only for rows that ran on an idle",
+        "machine, or use `yolo_distill.export.latency.compare_onnx` for side-by-side ratios. Train s: training time",
+        "of the row (a resumed row keeps the time of the run that trained it). KD step: one training step of a KD",
+        "student with our recipe, as a multiple of a plain step / of an Ultralytics `distill_model=` step (same",
+        "teacher, imgsz and batch; measured interleaved).",
+        "",
+        "| row | params | GFLOPs | mAP50 | mAP50-95 | ONNX ms | INT8 ms | PyTorch ms | train s "
+        "| KD step x plain / x native | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    summary = []
+    for n in names:
+        line, point = _row_line(n, [r for r in table if r["name"] == n])
+        lines.append(line)
+        summary.append(point)
+    lines += _onnx_lines(names, table)
+    lines += ["", "![mAP vs GFLOPs](map_vs_gflops.png) ![mAP vs latency](map_vs_latency.png)", ""]
+    write_text_atomic(out_dir / "report.md", "\n".join(lines))
+    _plots(summary, out_dir)
+    return out_dir / "report.md"
+
+
+def _row_line(n: str, rs: list[dict]) -> tuple[str, tuple]:
+    """One row's table line (mean and spread over its seeds) and its point for the plots."""
+    maps = [r["map50_95"] for r in rs]
+    mean = statistics.fmean(maps)
+    spread = f" ± {statistics.stdev(maps):.4f}" if len(maps) > 1 else ""
+    r0 = rs[0]
+    int8 = f"{r0['int8_ms']:.2f}" if r0.get("int8_ms") else "-"
+    pt = f"{r0['torch_ms']:.1f}" if r0.get("torch_ms") else "-"
+    secs = statistics.fmean(r.get("train_seconds", r["seconds"]) for r in rs)
+    kd = f"{r0['kd_step_vs_plain']:.2f} / {r0['kd_step_vs_native']:.2f}" if "kd_step_vs_plain" in r0 else "-"
+    line = (
+        f"| {n} | {r0['params']:,} | {r0['gflops']:.2f} | {statistics.fmean(r['map50'] for r in rs):.4f} | "
+        f"{mean:.4f}{spread} | {r0['onnx_ms']:.2f} | {int8} | {pt} | {secs:.0f} | {kd} "
+        f"| {len(rs)} |"
+    )
+    return line, (n, r0["gflops"], r0["onnx_ms"], mean, r0.get("curve", []))
+
+
+def _onnx_lines(names: list[str], table: list[dict]) -> list[str]:
+    """The table of export rows: mAP of the ONNX models run by ONNX Runtime, FP32 and INT8 (first seed)."""
+    lines: list[str] = []
+    onnx_rows = []
+    for n in names:  # export rows carry ONNX-run mAPs (first seed shown)
+        r = next((r for r in table if r["name"] == n and r.get("onnx_map50_95")), None)
+        if r is not None:
+            onnx_rows.append((n, r))
+    if onnx_rows:
+        lines += ["", "ONNX models run by ONNX Runtime over the val split at the export size (export rows):", "",
+                  "| row | ONNX FP32 mAP50-95 | ONNX INT8 mAP50-95 | FP32 ms | INT8 ms | INT8 speed-up |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for n, r in onnx_rows:
+            m, i8 = r["onnx_map50_95"], r.get("int8_ms")
+            fp = next((v for k, v in m.items() if k != "onnx_int8"), float("nan"))
+            q = f"{m['onnx_int8']:.4f}" if "onnx_int8" in m else "-"
+            sp = f"{r['onnx_ms'] / i8:.2f}x" if i8 else "-"
+            lines.append(f"| {n} | {fp:.4f} | {q} | {r['onnx_ms']:.2f} | {f'{i8:.2f}' if i8 else '-'} | {sp} |")
+    return lines
+
+
+def _plots(summary: list[tuple], out_dir: Path) -> None:
+    """``map_vs_gflops.png``, ``map_vs_latency.png`` and ``map_curves.png`` (matplotlib's object API: no backend
+    switch, no global state)."""
+    from matplotlib.figure import Figure
+
+    for fname, idx, xlabel in (("map_vs_gflops.png", 1, "GFLOPs"), ("map_vs_latency.png", 2, "ONNX FP32 ms")):
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
+        for n, *vals in summary:
+            ax.scatter(vals[idx - 1], vals[2])
+            ax.annotate(n, (vals[idx - 1], vals[2]), fontsize=7)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("mAP50-95")
+        fig.tight_layout()
+        fig.savefig(out_dir / fname, dpi=100)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for n, *_, curve in summary:
+        if curve:
+            ax.plot(range(1, len(curve) + 1), curve, label=n)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val mAP50-95")
+    if any(curve for *_, curve in summary):
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out_dir / "map_curves.png", dpi=100)

@@ -1,0 +1,161 @@
+"""Running one bench row: train, prune or export, then measure (mAP, size, ONNX parity and latency, KD step cost).
+
+Everything a row writes stays inside the bench folder: runs under ``runs/``, pruned checkpoints under ``pruned/``,
+and exports of a copy of the row's checkpoint under ``exports/<row>/`` (a checkpoint the recipe names by path, a
+user's file, is only read).
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from yolo_distill.bench.cache import finished_run
+from yolo_distill.bench.spec import Row, is_ref
+from yolo_distill.checkpoints import load_model
+from yolo_distill.evaluate import evaluate
+from yolo_distill.log import LOGGER
+
+
+def resolve(v: Any, done: dict[str, dict]) -> Any:
+    """A row field with ``@row`` replaced by that row's checkpoint."""
+    return done[v[1:]]["checkpoint"] if is_ref(v) else v
+
+
+def run_name(row: Row, s: dict) -> str:
+    """The row's run folder / output name: seeds other than 0 get their own (``NAME_seed1``), never a shared one."""
+    seed = int(s.get("seed", 0))
+    return row.name if seed == 0 else f"{row.name}_seed{seed}"
+
+
+def common_args(s: dict, out: Path) -> dict[str, Any]:
+    """Ultralytics train arguments shared by every row of a bench with settings ``s``.
+
+    ``exist_ok``: run folders are the bench's own, named by row, so a finished training can be found and reused.
+    """
+    return dict(imgsz=s.get("imgsz", 256), batch=s.get("batch", 16), seed=s.get("seed", 0), workers=0, amp=False,
+                plots=False, project=str((out / "runs").resolve()), device=s.get("device", "cpu"),
+                exist_ok=True)  # fmt: skip
+
+
+def train_row(row: Row, s: dict, done: dict[str, dict], model: str, epochs: int, common: dict) -> Path:
+    """Train the row (or reuse its finished run) and return the run folder."""
+    from yolo_distill.distill.run import train
+
+    name = run_name(row, s)
+    run_dir = Path(common["project"]) / name
+    if finished_run(run_dir, epochs, seed=common.get("seed")):
+        LOGGER.info("bench: %s: training already finished in %s; reusing it", name, run_dir)
+        return run_dir
+    if run_dir.exists():  # the bench's own folder of an unfinished or other-seed run: start it afresh
+        shutil.rmtree(run_dir)
+    if row.distill_model:  # the baseline: Ultralytics' own trainer with its native distillation
+        from ultralytics.models.yolo.detect import DetectionTrainer
+
+        from yolo_distill.offline import ensure_font
+
+        ensure_font()
+        tr = DetectionTrainer(overrides=dict(model=model, data=s["data"], epochs=epochs, name=name,
+                                             distill_model=resolve(row.distill_model, done), **common))  # fmt: skip
+        tr.train()
+    else:
+        tr = train(model, s["data"], teacher=resolve(row.teacher, done), recipe=row.recipe, epochs=epochs,
+                   name=name, **common)  # fmt: skip
+    return Path(tr.save_dir)
+
+
+def prune_row(row: Row, s: dict, model: str, out: Path, imgsz: int) -> str:
+    """Prune ``model`` as the row says into the bench's ``pruned/`` folder; returns the pruned checkpoint."""
+    from yolo_distill.prune.checkpoint import prune_checkpoint, report_path
+    from yolo_distill.prune.pruner import model_stats
+
+    dst = out / "pruned" / f"{run_name(row, s)}.pt"
+    dst.unlink(missing_ok=True)  # a stale output of a killed row: the bench's own file
+    report_path(dst).unlink(missing_ok=True)
+    gflops = row.gflops
+    if row.gflops_ratio is not None:  # a target relative to the source model, at the bench imgsz
+        gflops = row.gflops_ratio * model_stats(load_model(model), imgsz)["gflops"]
+    ratio = row.ratio if row.ratio is not None else 0.5
+    prune_checkpoint(model, ratio=ratio, gflops=gflops, protect=row.protect, method=row.method, scope=row.scope,
+                     out=str(dst), imgsz=imgsz, data=s["data"], allocation=row.allocation)  # fmt: skip
+    return str(dst)
+
+
+def run_row(row: Row, s: dict, done: dict[str, dict], out: Path) -> dict:
+    """Run one row with settings ``s`` (one seed) and measure it; ``done`` holds the finished rows it refers to."""
+    from yolo_distill.prune.pruner import model_stats
+
+    common = common_args(s, out)
+    t0 = time.time()
+    res: dict[str, Any] = {"name": row.name, "kind": row.kind}
+    model = resolve(row.start, done)
+    if row.kind == "prune":
+        model = prune_row(row, s, model, out, common["imgsz"])
+    epochs = row.epochs if row.epochs is not None else s.get("epochs", 10)
+    if epochs:
+        run_dir = train_row(row, s, done, model, epochs, common)
+        res["checkpoint"] = str(run_dir / "weights" / "best.pt")
+        with open(run_dir / "results.csv") as f:
+            rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(f)]
+        res["curve"] = [float(r["metrics/mAP50-95(B)"]) for r in rows]
+        res["train_seconds"] = float(rows[-1]["time"])
+    else:
+        res["checkpoint"] = model
+    m = evaluate(res["checkpoint"], s["data"], imgsz=common["imgsz"], batch=common["batch"], device=common["device"])
+    res.update(map50_95=m["map50_95"], map50=m["map50"])
+    st = model_stats(load_model(res["checkpoint"]), common["imgsz"])
+    res.update(params=st["params"], gflops=st["gflops"])
+    res.update(export_row(row, s, res["checkpoint"], out))
+    if has_step_cost(row):
+        res.update(kd_step_cost(row, s, done))
+    res["seconds"] = time.time() - t0
+    return res
+
+
+def export_row(row: Row, s: dict, checkpoint: str, out: Path) -> dict[str, Any]:
+    """Export a copy of ``checkpoint`` in the bench's ``exports/<row>/`` folder: parity, latency (and with
+    ``int8``, the INT8 model), and for export rows the mAP of the ONNX models run by ONNX Runtime."""
+    from yolo_distill.export.onnx import ParityError, export_checkpoint
+
+    folder = out / "exports" / run_name(row, s)
+    if folder.exists():  # the bench's own exports of an earlier attempt at this row
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    ckpt = folder / Path(checkpoint).name
+    shutil.copy2(checkpoint, ckpt)
+    res: dict[str, Any] = {}
+    try:
+        rep = export_checkpoint(str(ckpt), imgsz=s.get("export_imgsz", s.get("imgsz", 256)), data=s["data"], runs=20,
+                                validate=row.kind == "export", int8=row.int8)  # fmt: skip
+        lat, res["parity_ok"] = rep.latency_ms, True
+        res["onnx_map50_95"] = dict(rep.map50_95)
+    except ParityError as e:  # recorded in the row, not fatal to the bench
+        import json
+
+        LOGGER.warning("bench: %s: %s", row.name, e)
+        lat, res["parity_ok"] = json.loads(ckpt.with_name(f"{ckpt.stem}_export.json").read_text())["latency_ms"], False
+    res["onnx_ms"] = lat["onnx_fp32"]["median"]
+    res["torch_ms"] = lat["torch_fp32"]["median"]
+    res["int8_ms"] = lat.get("onnx_int8", {}).get("median")
+    return res
+
+
+def has_step_cost(row: Row) -> bool:
+    """KD student rows (a YAML student and a teacher) get the KD step overhead column."""
+    return row.kind == "train" and bool(row.teacher) and str(row.model or "").endswith(".yaml")
+
+
+def kd_step_cost(row: Row, s: dict, done: dict[str, dict]) -> dict[str, float]:
+    """One training step of this row's student with our KD, plain, and with Ultralytics' ``distill_model=``.
+
+    Interleaved steps at the bench's imgsz and batch (ratios hold under machine noise; absolute times do not).
+    """
+    from yolo_distill.bench.step_cost import measure
+
+    r = measure(student=row.model, teacher=resolve(row.teacher, done), imgsz=s.get("imgsz", 256),
+                batch=s.get("batch", 16), steps=4, recipe=row.recipe, device=s.get("device", "cpu"),
+                memory=False)  # fmt: skip
+    return {"kd_step_vs_plain": r["ours_vs_plain_time"], "kd_step_vs_native": r["ours_vs_native_time"]}
