@@ -14,8 +14,10 @@ from yolo_distill.data.shapes import ShapesSpec, generate_shapes, render_image
 
 
 def test_mini_demo_runs_every_stage(tmp_path, tiny_data, capsys):
-    from yolo_distill.demo import run_demo
+    from yolo_distill.api import demo as run_demo
+    from yolo_distill.log import to_stdout
 
+    to_stdout(verbose=True)
     rows = run_demo(data=str(tiny_data), epochs=1, teacher_epochs=1, imgsz=64, batch=4, project=str(tmp_path / "d"))
     out = capsys.readouterr().out
     assert [r["model"] for r in rows][:2] == ["teacher", "student (plain)"] and len(rows) == 5
@@ -52,10 +54,10 @@ def test_missing_weights_name_a_local_path(capsys):
 
 
 def test_bench_failed_rows_end_in_a_message_not_a_traceback(monkeypatch):
-    def failing(**kw):
+    def failing(recipe: str, jobs: int = 1):
         raise RuntimeError("bench rows did not finish: bad (exit code 1: ...; log b/logs/bad.log)")
 
-    monkeypatch.setattr("yolo_distill.bench.runner.run_bench", failing)
+    monkeypatch.setattr("yolo_distill.api.bench", failing)
     with pytest.raises(SystemExit, match=r"yolo-distill bench: bench rows did not finish: bad .*bad\.log"):
         main(["bench", "recipe=mini", "jobs=2"])
 
@@ -154,6 +156,45 @@ def test_converters_round_trip(tmp_path):
         coco_to_yolo({"train": (tmp_path / "c.json", img_dir)}, tmp_path / "o")
 
 
+def test_converters_keep_images_with_the_same_file_name(tmp_path):
+    """``a/0001.jpg`` and ``b/0001.jpg`` are two images: both are kept, each with its own labels."""
+    import json
+
+    import cv2
+
+    from yolo_distill.data.convert import coco_to_yolo, voc_to_yolo
+
+    root = tmp_path / "imgs"
+    for sub, value in (("a", 0), ("b", 255)):
+        (root / sub).mkdir(parents=True)
+        cv2.imwrite(str(root / sub / "0001.png"), np.full((64, 64, 3), value, np.uint8))
+    coco = {
+        "images": [{"id": 1, "file_name": "a/0001.png", "width": 64, "height": 64},
+                   {"id": 2, "file_name": "b/0001.png", "width": 64, "height": 64}],
+        "annotations": [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 32, 32], "iscrowd": 0},
+                        {"image_id": 2, "category_id": 1, "bbox": [32, 32, 16, 16], "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "x"}],
+    }  # fmt: skip
+    (tmp_path / "c.json").write_text(json.dumps(coco))
+    y = coco_to_yolo({"train": (tmp_path / "c.json", root)}, tmp_path / "o")
+    imgs = sorted(p.relative_to(tmp_path / "o/images/train").as_posix() for p in (tmp_path / "o/images").rglob("*.png"))
+    assert imgs == ["a/0001.png", "b/0001.png"]
+    assert cv2.imread(str(tmp_path / "o/images/train/b/0001.png")).mean() == 255
+    assert (tmp_path / "o/labels/train/a/0001.txt").read_text() != (tmp_path / "o/labels/train/b/0001.txt").read_text()
+    assert check_detection_dataset(y)["nc"] == 1
+    for split in ("a", "b"):  # VOC: two splits whose images share a name, and one folder of XML per split
+        xml = tmp_path / f"xml_{split}"
+        xml.mkdir()
+        (xml / f"{split}1.xml").write_text(
+            "<annotation><filename>0001.png</filename><size><width>64</width><height>64</height></size>"
+            "<object><name>x</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>32</xmax><ymax>32</ymax></bndbox>"
+            "</object></annotation>"
+        )
+    voc_to_yolo({"train": (tmp_path / "xml_a", root / "a"), "val": (tmp_path / "xml_b", root / "b")}, tmp_path / "v")
+    assert cv2.imread(str(tmp_path / "v/images/train/a1.png")).mean() == 0
+    assert cv2.imread(str(tmp_path / "v/images/val/b1.png")).mean() == 255
+
+
 def test_public_dataset_names_fail_clearly_offline(monkeypatch, tmp_path):
     from ultralytics.utils import SETTINGS
 
@@ -183,12 +224,44 @@ def test_second_run_never_overwrites_the_first(tmp_path, tiny_data):
 
 
 @pytest.mark.parametrize("verbose,shown", [("True", True), ("False", False)])
-def test_our_info_messages_reach_stdout_at_ultralytics_verbosity(verbose, shown):
-    """Our log lines (teacher loaded, KD stopped, font copied) must be visible as Ultralytics' are, not dropped."""
+def test_cli_shows_our_info_messages_at_ultralytics_verbosity(verbose, shown):
+    """The CLI's log lines (teacher loaded, KD stopped, font copied) are visible as Ultralytics' are, not dropped."""
     import os
 
-    code = "import logging, yolo_distill; logging.getLogger('yolo_distill').info('yolo_distill: probe-line')"
+    code = (
+        "import logging; from yolo_distill.log import to_stdout; to_stdout(); "
+        "logging.getLogger('yolo_distill').info('yolo_distill: probe-line')"
+    )
     env = {**os.environ, "YOLO_VERBOSE": verbose}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert ("probe-line" in out.stdout) is shown, f"YOLO_VERBOSE={verbose}: stdout {out.stdout!r}"
+
+
+def test_importing_the_package_changes_nothing_but_the_offline_defaults():
+    """``import yolo_distill`` in a fresh interpreter: two documented environment defaults, no handler that prints,
+    no matplotlib backend switch, no Ultralytics import."""
+    import json
+    import os
+
+    code = (
+        "import json, logging, os, sys\n"
+        "import matplotlib\n"
+        "env0, backend0 = dict(os.environ), matplotlib.get_backend()\n"
+        "import yolo_distill\n"
+        "print(json.dumps({'env': sorted(k for k in os.environ if os.environ[k] != env0.get(k)),\n"
+        "  'backend_same': matplotlib.get_backend() == backend0,\n"
+        "  'handlers': [type(h).__name__ for h in logging.getLogger('yolo_distill').handlers],\n"
+        "  'root_handlers': len(logging.getLogger().handlers),\n"
+        "  'ultralytics': 'ultralytics' in sys.modules}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("YOLO_OFFLINE", "YOLO_AUTOINSTALL")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"env": ["YOLO_AUTOINSTALL", "YOLO_OFFLINE"], "backend_same": True, "handlers": ["NullHandler"],
+                   "root_handlers": 0, "ultralytics": False}, got  # fmt: skip
+    env["YOLO_OFFLINE"] = "0"  # a user with the internet opts out before importing
+    out = subprocess.run([sys.executable, "-c", "import os, yolo_distill; print(os.environ['YOLO_OFFLINE'])"],
+                         capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert out.stdout.strip() == "0"

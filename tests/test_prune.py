@@ -11,8 +11,9 @@ from torch import nn
 
 from tests.conftest import FAMILIES, train_args
 from tests.test_distill_trainer import _clean_load
+from yolo_distill.api import prune as prune_checkpoint
 from yolo_distill.checkpoints import load_model
-from yolo_distill.prune.pruner import PruneConfig, conv_channels, prune_checkpoint, prune_model
+from yolo_distill.prune.pruner import PruneConfig, conv_channels, prune_model
 
 
 def _head_out_convs(model) -> dict[str, int]:
@@ -70,7 +71,7 @@ def test_saved_checkpoint_is_stock_reloads_finetunes_and_exports(tmp_path, tiny_
     src_bytes = (tmp_path / "src.pt").read_bytes()
     rep = prune_checkpoint(src, ratio=0.5, out=str(tmp_path / "pruned.pt"), imgsz=64, data=str(tiny_data), val=True)
     assert (tmp_path / "src.pt").read_bytes() == src_bytes, "the source checkpoint must never change"
-    saved = json.loads((tmp_path / "prune_report.json").read_text())
+    saved = json.loads((tmp_path / "pruned_report.json").read_text())
     assert saved["after"]["params"] == rep["after"]["params"] and "map50_95" in saved
     res = _clean_load(tmp_path / "pruned.pt", tiny_data)
     assert res["yd"] is False and set(res["mods"]) <= {"ultralytics", "torch"}

@@ -5,8 +5,10 @@ python tools/kd_step_cost.py [student=yolo11n.yaml] [teacher=teacher.pt] [imgsz=
 
 import sys
 
-from yolo_distill.bench.step_cost import measure
+from yolo_distill.api import kd_step_cost
 from yolo_distill.cli import parse_kv
+from yolo_distill.log import to_stdout
 
 if __name__ == "__main__":
-    measure(**parse_kv(sys.argv[1:]))
+    to_stdout()
+    kd_step_cost(**parse_kv(sys.argv[1:]))

@@ -7,8 +7,10 @@ python tools/prune_speed.py model=datasets/shapes-teacher/yolo11s.pt gflops_rati
 
 import sys
 
-from yolo_distill.bench.prune_speed import measure
+from yolo_distill.api import prune_speed
 from yolo_distill.cli import parse_kv
+from yolo_distill.log import to_stdout
 
 if __name__ == "__main__":
-    measure(**parse_kv(sys.argv[1:]))
+    to_stdout()
+    prune_speed(**parse_kv(sys.argv[1:]))

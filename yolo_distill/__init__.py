@@ -1,23 +1,37 @@
-"""yolo_distill: distil, prune and export compact Ultralytics YOLO detectors."""
+"""yolo_distill: distil, prune and export compact Ultralytics YOLO detectors.
+
+``import yolo_distill`` is cheap and changes nothing in the process but the two offline defaults
+(``YOLO_OFFLINE=1``, ``YOLO_AUTOINSTALL=0``, each only when unset); the public calls of :mod:`yolo_distill.api`
+(and ``DistillationTrainer``) load on first use.
+"""
 
 from __future__ import annotations
 
+from importlib import metadata
+
 from yolo_distill import offline  # noqa: F401  (first: sets Ultralytics' offline environment before its import)
 
-__version__ = "0.1.0"
+try:
+    __version__ = metadata.version("yolo-distill")
+except metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "0.0.0+unknown"
+
+_API = (
+    "train", "distill", "prune", "iterative_prune", "export", "evaluate", "bench", "demo", "generate_shapes",
+    "coco_to_yolo", "voc_to_yolo", "check_dataset", "kd_step_cost", "prune_speed", "recipes",
+)  # fmt: skip
 
 
 def __getattr__(name: str):
-    # lazy public API: importing yolo_distill stays cheap, and Ultralytics loads only when used
     if name == "DistillationTrainer":
         from yolo_distill.distill.trainer import DistillationTrainer
 
         return DistillationTrainer
-    if name in ("distill", "prune", "export", "generate_shapes"):
+    if name in _API:
         from yolo_distill import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'yolo_distill' has no attribute {name!r}")
 
 
-__all__ = ["DistillationTrainer", "distill", "prune", "export", "generate_shapes", "__version__"]
+__all__ = ["DistillationTrainer", *_API, "__version__"]

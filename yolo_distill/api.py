@@ -1,67 +1,41 @@
-"""The public library calls: one function per pipeline stage."""
+"""The one facade: every stage of the pipeline as a library call, with its real signature.
+
+The CLI, the tools and the tests call these; the CLI derives its valid keys from these signatures.
+
+| call | what it does |
+|---|---|
+| :func:`train` (:func:`distill`) | train a student, with KD when ``teacher=`` is given |
+| :func:`prune` | structured channel pruning of a checkpoint into a stock checkpoint |
+| :func:`iterative_prune` | prune / fine-tune rounds from a ``configs/prune`` recipe |
+| :func:`export` | ONNX export with PyTorch parity, INT8 and latency |
+| :func:`evaluate` | mAP of a checkpoint or an exported model |
+| :func:`bench` | a benchmark recipe, cached and resumable |
+| :func:`demo` | every stage on the built-in dataset |
+| :func:`generate_shapes`, :func:`coco_to_yolo`, :func:`voc_to_yolo`, :func:`check_dataset` | data |
+| :func:`kd_step_cost`, :func:`prune_speed` | the two side studies (KD step cost, pruning speed) |
+| :func:`recipes` | the shipped recipes of a kind |
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from yolo_distill.bench.prune_speed import measure as prune_speed
+from yolo_distill.bench.runner import run_bench as bench
+from yolo_distill.bench.step_cost import measure as kd_step_cost
+from yolo_distill.config import shipped_recipes as recipes
+from yolo_distill.data.checks import check_detection_dataset as check_dataset
+from yolo_distill.data.convert import coco_to_yolo, voc_to_yolo
+from yolo_distill.data.shapes import ShapesSpec, generate_shapes
+from yolo_distill.demo import run_demo as demo
+from yolo_distill.distill.run import train
+from yolo_distill.evaluate import evaluate
+from yolo_distill.export.onnx import export_checkpoint as export
+from yolo_distill.prune.checkpoint import prune_checkpoint as prune
+from yolo_distill.prune.iterative import IterativeRecipe, iterative_prune
 
-from yolo_distill.data.shapes import generate_shapes  # noqa: F401  (re-exported)
+#: ``yd.distill`` is ``yd.train``: the name the README's first examples use
+distill = train
 
-
-def distill(
-    model: str,
-    data: str,
-    teacher: str | None = None,
-    recipe: str | dict | None = "default",
-    sparsity: float = 0.0,
-    **train_args: Any,
-):
-    """Train ``model`` (the student) on ``data`` with KD from ``teacher``; without a teacher, train plainly.
-
-    Args:
-        model: student ``*.yaml`` (from scratch) or ``*.pt`` (fine-tune; a pruned model keeps its shapes).
-        data: data YAML path, or a built-in name (``shapes``, ``shapes-tiny``).
-        teacher: a detection checkpoint ``*.pt`` for the same classes and strides.
-        recipe: a shipped recipe name (``configs/distill``), a YAML path, or plain data.
-        sparsity: L1 strength on BN scales (network-slimming sparsity training; 0 = off).
-        **train_args: any Ultralytics train argument (``epochs``, ``imgsz``, ``batch``, ``project``, ``name``...).
-
-    Returns:
-        The finished :class:`~yolo_distill.distill.trainer.DistillationTrainer` (``.best``, ``.save_dir``,
-        ``.metrics``).
-    """
-    from yolo_distill.data.builtin import resolve_data
-    from yolo_distill.data.checks import check_detection_dataset
-    from yolo_distill.distill.trainer import DistillationTrainer
-
-    data = resolve_data(data)
-    if str(data).endswith((".yaml", ".yml")) and Path(data).exists():
-        check_detection_dataset(data)
-    overrides = {"model": model, "data": data, **train_args}
-    if teacher is not None:
-        overrides["teacher"] = teacher
-    if isinstance(recipe, dict):
-        from yolo_distill.config import load_distill_recipe
-
-        overrides["distill"] = load_distill_recipe(recipe).to_dict()
-    elif recipe is not None:
-        overrides["recipe"] = recipe
-    if sparsity:
-        overrides["sparsity"] = sparsity
-    trainer = DistillationTrainer(overrides=overrides)
-    trainer.train()
-    return trainer
-
-
-def prune(*args: Any, **kwargs: Any):
-    """Structured channel pruning; see :func:`yolo_distill.prune.pruner.prune_checkpoint`."""
-    from yolo_distill.prune.pruner import prune_checkpoint
-
-    return prune_checkpoint(*args, **kwargs)
-
-
-def export(*args: Any, **kwargs: Any):
-    """ONNX export with parity check, INT8 and latency; see :func:`yolo_distill.export.onnx.export_checkpoint`."""
-    from yolo_distill.export.onnx import export_checkpoint
-
-    return export_checkpoint(*args, **kwargs)
+__all__ = [
+    "IterativeRecipe", "ShapesSpec", "bench", "check_dataset", "coco_to_yolo", "demo", "distill", "evaluate", "export",
+    "generate_shapes", "iterative_prune", "kd_step_cost", "prune", "prune_speed", "recipes", "train", "voc_to_yolo",
+]  # fmt: skip

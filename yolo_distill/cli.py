@@ -1,15 +1,22 @@
-"""``yolo-distill <command> key=value ...``: parse, validate, dispatch. No logic of its own."""
+"""``yolo-distill <command> key=value ...``: parse, check the keys, call :mod:`yolo_distill.api`, print.
+
+The valid keys of each command are the parameters of the api function it calls (plus, where that function takes
+``**kwargs``, the keys they accept: Ultralytics' train arguments, a pruning recipe's fields, the dataset spec), so
+the CLI and the library cannot drift apart. This module imports nothing of the package but :mod:`yolo_distill.api`
+(loaded only once a command runs, so ``--help`` is instant) and :mod:`yolo_distill.log`.
+"""
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import yaml
 
-from yolo_distill.config import shipped_recipes
+from yolo_distill.log import to_stdout
 
 USAGE = """usage: yolo-distill <command> key=value ... (or: yolo-distill <command> --help)
 
@@ -41,103 +48,97 @@ def parse_kv(argv: list[str]) -> dict[str, Any]:
     return out
 
 
+def keys_of(fn: Callable, extra: set[str] = frozenset()) -> set[str]:
+    """The keyword parameters of ``fn`` (``**kwargs`` excluded), plus ``extra`` (what its ``**kwargs`` accept)."""
+    params = inspect.signature(fn).parameters.values()
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} | set(extra)
+
+
 def _check_keys(cmd: str, given: dict[str, Any], valid: set[str]) -> None:
     unknown = sorted(set(given) - valid)
     if unknown:
         raise SystemExit(f"yolo-distill {cmd}: unknown key(s) {unknown}.\nvalid keys: {', '.join(sorted(valid))}")
 
 
-# -- commands -------------------------------------------------------------------------------------------------------
-def _train(kv: dict[str, Any]) -> None:
+def _ultralytics_train_keys() -> set[str]:
     from ultralytics.utils import DEFAULT_CFG_DICT
 
-    from yolo_distill.api import distill
-    from yolo_distill.distill.trainer import EXTRA_KEYS
+    return set(DEFAULT_CFG_DICT)
 
-    _check_keys("train", kv, set(DEFAULT_CFG_DICT) | set(EXTRA_KEYS))
-    model = kv.pop("model", None)
-    data = kv.pop("data", None)
-    if not model or not data:
+
+# -- commands -------------------------------------------------------------------------------------------------------
+def _train(kv: dict[str, Any]) -> None:
+    from yolo_distill import api
+
+    _check_keys("train", kv, keys_of(api.train, _ultralytics_train_keys()))
+    if not kv.get("model") or not kv.get("data"):
         raise SystemExit("yolo-distill train: model= (the student, *.yaml or *.pt) and data= are required")
-    trainer = distill(model=model, data=data, **kv)
+    trainer = api.train(**kv)
     print(f"best checkpoint: {trainer.best}")
 
 
 def _prune(kv: dict[str, Any]) -> None:
-    from yolo_distill.prune.pruner import PRUNE_KEYS, prune_checkpoint
+    from yolo_distill import api
 
     if "recipe" in kv:  # iterative pruning with fine-tuning between steps
-        from dataclasses import fields
-
-        from yolo_distill.prune.iterative import IterativeRecipe, iterative_prune
-
-        _check_keys("prune", kv, {"recipe", "model", "data", "out"} | {f.name for f in fields(IterativeRecipe)})
-        iterative_prune(**kv)
+        _check_keys("prune", kv, keys_of(api.iterative_prune, {f.name for f in fields(api.IterativeRecipe)}))
+        api.iterative_prune(**kv)
         return
-    _check_keys("prune", kv, set(PRUNE_KEYS))
-    prune_checkpoint(**kv)
+    _check_keys("prune", kv, keys_of(api.prune))
+    api.prune(**kv)
 
 
 def _export(kv: dict[str, Any]) -> None:
-    from yolo_distill.export.onnx import EXPORT_KEYS, export_checkpoint
+    from yolo_distill import api
 
-    _check_keys("export", kv, set(EXPORT_KEYS))
-    export_checkpoint(**kv)
+    _check_keys("export", kv, keys_of(api.export))
+    api.export(**kv)
 
 
 def _bench(kv: dict[str, Any]) -> None:
-    from yolo_distill.bench.runner import run_bench
+    from yolo_distill import api
 
-    _check_keys("bench", kv, {"recipe", "out", "repeats", "seed", "device", "report_only", "only", "jobs"})
+    _check_keys("bench", kv, keys_of(api.bench))
     if "recipe" not in kv:
         raise SystemExit("yolo-distill bench: recipe= (a name under configs/bench or a YAML path) is required")
     try:
-        run_bench(**kv)
+        api.bench(**kv)
     except RuntimeError as e:  # jobs=N: rows that failed, each with its log; the report holds the others
         raise SystemExit(f"yolo-distill bench: {e}") from None
 
 
 def _demo(kv: dict[str, Any]) -> None:
-    from yolo_distill.demo import DEMO_KEYS, run_demo
+    from yolo_distill import api
 
-    _check_keys("demo", kv, set(DEMO_KEYS))
-    run_demo(**kv)
+    _check_keys("demo", kv, keys_of(api.demo))
+    api.demo(**kv)
 
 
 def _data(kv: dict[str, Any]) -> None:
+    from yolo_distill import api
+
     action = kv.pop("action", "generate")
     if action == "generate":
-        from dataclasses import fields
-
-        from yolo_distill.data.shapes import ShapesSpec, generate_shapes
-
-        spec_keys = {f.name for f in fields(ShapesSpec)}
-        _check_keys("data", kv, spec_keys | {"out", "overwrite"})
+        _check_keys("data", kv, {f.name for f in fields(api.ShapesSpec)} | {"out", "overwrite"})
         out = kv.pop("out", "datasets/shapes")
         overwrite = bool(kv.pop("overwrite", False))
-        print(generate_shapes(out, ShapesSpec(**kv), overwrite=overwrite))
+        print(api.generate_shapes(out, api.ShapesSpec(**kv), overwrite=overwrite))
     elif action in ("coco", "voc"):
-        _check_keys("data", kv, {"train", "val", "train_images", "val_images", "out", "names"})
+        convert = api.coco_to_yolo if action == "coco" else api.voc_to_yolo
+        _check_keys("data", kv, {"train", "val", "train_images", "val_images"} | keys_of(convert) - {"splits"})
         need = [k for k in ("train", "train_images", "out") if k not in kv]
         if need:
             raise SystemExit(f"yolo-distill data action={action}: missing {need}")
-        splits = {"train": (kv["train"], kv["train_images"])}
+        splits = {"train": (kv.pop("train"), kv.pop("train_images"))}
         if "val" in kv:
-            splits["val"] = (kv["val"], kv.get("val_images", kv["train_images"]))
-        if action == "coco":
-            from yolo_distill.data.convert import coco_to_yolo
-
-            print(coco_to_yolo(splits, kv["out"]))
-        else:
-            from yolo_distill.data.convert import voc_to_yolo
-
-            names = kv.get("names")
-            print(voc_to_yolo(splits, kv["out"], names=names.split(",") if isinstance(names, str) else names))
+            splits["val"] = (kv.pop("val"), kv.pop("val_images", splits["train"][1]))
+        kv.pop("val_images", None)
+        if isinstance(kv.get("names"), str):
+            kv["names"] = kv["names"].split(",")
+        print(convert(splits, **kv))
     elif action == "check":
-        from yolo_distill.data.checks import check_detection_dataset
-
-        _check_keys("data", kv, {"data"})
-        d = check_detection_dataset(kv["data"])
+        _check_keys("data", kv, keys_of(api.check_dataset) - {"data_yaml", "max_errors"} | {"data"})
+        d = api.check_dataset(kv["data"])
         print(f"ok: {kv['data']} ({d['nc']} classes)")
     else:
         raise SystemExit("yolo-distill data: action= must be generate, coco, voc or check")
@@ -146,24 +147,32 @@ def _data(kv: dict[str, Any]) -> None:
 @dataclass(frozen=True)
 class Command:
     run: Callable[[dict[str, Any]], None]
-    help: str
+    help: str | Callable[[], str]
+
+    def help_text(self) -> str:
+        return self.help() if callable(self.help) else self.help
+
+
+def _train_help() -> str:
+    from yolo_distill import api
+
+    return (
+        "yolo-distill train model=STUDENT.yaml|.pt data=DATA.yaml|shapes [teacher=TEACHER.pt] [recipe=NAME|PATH.yaml]\n"
+        "                   [sparsity=0.0] [any Ultralytics train key: epochs= imgsz= batch= project= name= ...]\n"
+        f"Recipes: configs/distill/*.yaml ({', '.join(api.recipes('distill'))}).\n"
+        "A *.pt student (e.g. pruned.pt) is trained as the module it is: its pruned shapes are kept."
+    )
 
 
 COMMANDS: dict[str, Command] = {
-    "train": Command(
-        _train,
-        "yolo-distill train model=STUDENT.yaml|.pt data=DATA.yaml|shapes [teacher=TEACHER.pt] [recipe=NAME|PATH.yaml]\n"
-        "                   [sparsity=0.0] [any Ultralytics train key: epochs= imgsz= batch= project= name= ...]\n"
-        f"Recipes: configs/distill/*.yaml ({', '.join(shipped_recipes('distill'))}).\n"
-        "A *.pt student (e.g. pruned.pt) is trained as the module it is: its pruned shapes are kept.",
-    ),
+    "train": Command(_train, _train_help),
     "prune": Command(
         _prune,
         "yolo-distill prune model=CKPT.pt (ratio=0.5 | gflops=G) [method=l1|l2|bn|taylor] [scope=backbone|all]\n"
         "                   [data=DATA.yaml] [out=PRUNED.pt] [round_to=8] [max_layer_ratio=0.9]\n"
         "                   [protect=head,3,model.4] [allocation=uniform|global|sensitivity max_drop=0.02] [val=True]\n"
         "                   [imgsz=640]\n"
-        "Writes PRUNED.pt (a stock Ultralytics checkpoint) and prune_report.json beside it.\n"
+        "Writes PRUNED.pt (a stock Ultralytics checkpoint) and PRUNED_report.json beside it.\n"
         "yolo-distill prune model=CKPT.pt data=DATA.yaml recipe=iterative|oneshot|PATH.yaml [out=..] [steps=..]\n"
         "                   iterative pruning (configs/prune/): prune, fine-tune with KD from CKPT, repeat.",
     ),
@@ -211,8 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"yolo-distill: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     if any(a in ("-h", "--help") for a in rest):
-        print(COMMANDS[cmd].help)
+        print(COMMANDS[cmd].help_text())
         return 0
+    to_stdout()
     try:
         COMMANDS[cmd].run(parse_kv(rest))
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, TypeError) as e:

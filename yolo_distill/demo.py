@@ -10,14 +10,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEMO_KEYS = (
-    "data", "epochs", "teacher_epochs", "imgsz", "batch", "project", "teacher", "teacher_model", "student",
-    "prune_ratio", "export_imgsz", "recipe",
-)  # fmt: skip
+from yolo_distill.checkpoints import load_model
+from yolo_distill.data.builtin import resolve_data
+from yolo_distill.distill.run import train
+from yolo_distill.evaluate import evaluate
+from yolo_distill.export.onnx import export_checkpoint
+from yolo_distill.log import LOGGER, table
+from yolo_distill.prune.checkpoint import prune_checkpoint
+from yolo_distill.prune.pruner import model_stats
 
 
 def _stage(i: int, n: int, text: str, t0: float) -> None:
-    print(f"\n[{i}/{n}] {text}  (elapsed {time.time() - t0:.0f}s)", flush=True)
+    LOGGER.info("\n[%d/%d] %s  (elapsed %.0fs)", i, n, text, time.time() - t0)
 
 
 def _metric(trainer) -> float:
@@ -42,7 +46,7 @@ def run_demo(
     export_imgsz: int | None = None,
     recipe: str = "default",
 ) -> list[dict[str, Any]]:
-    """Run the whole pipeline and print a summary table.
+    """Run the whole pipeline and log a summary table.
 
     Args:
         data: built-in name or data YAML.
@@ -62,19 +66,13 @@ def run_demo(
     Returns:
         The summary rows.
     """
-    from yolo_distill.api import distill
-    from yolo_distill.checkpoints import load_model
-    from yolo_distill.data.builtin import resolve_data
-    from yolo_distill.export.onnx import export_checkpoint
-    from yolo_distill.prune.pruner import model_stats, prune_checkpoint
-
     t0 = time.time()
     n = 6
     project = str(Path(project).resolve())  # Ultralytics would nest a relative project under runs/detect/
     common = dict(imgsz=imgsz, batch=batch, workers=0, amp=False, plots=False, project=project, seed=0, exist_ok=False)
     _stage(1, n, f"dataset {data}", t0)
     data_yaml = resolve_data(data)
-    print(f"data: {data_yaml}")
+    LOGGER.info("data: %s", data_yaml)
     rows: list[dict[str, Any]] = []
 
     def row(name: str, ckpt: Path, m: float) -> None:
@@ -87,20 +85,19 @@ def run_demo(
         teacher = None
     if teacher:
         _stage(2, n, f"teacher: given {teacher}", t0)
-        from ultralytics import YOLO
-
-        t_map = float(YOLO(teacher).val(data=data_yaml, imgsz=imgsz, batch=batch, plots=False, verbose=False).box.map)
+        t_map = evaluate(teacher, data_yaml, imgsz=imgsz, batch=batch, save_dir=Path(project) / "teacher_val")
+        t_map = t_map["map50_95"]
         t_ckpt = Path(teacher)
     else:
         _stage(2, n, f"teacher: train {teacher_model} for {teacher_epochs} epochs", t0)
-        tr = distill(teacher_model, data_yaml, teacher=None, epochs=teacher_epochs, name="teacher", **common)
+        tr = train(teacher_model, data_yaml, teacher=None, epochs=teacher_epochs, name="teacher", **common)
         t_ckpt, t_map = Path(tr.best), _metric(tr)
     row("teacher", t_ckpt, t_map)
 
     _stage(3, n, f"student {student}: plain, then distilled ({recipe}), {epochs} epochs each", t0)
-    plain = distill(student, data_yaml, teacher=None, epochs=epochs, name="student_plain", **common)
+    plain = train(student, data_yaml, teacher=None, epochs=epochs, name="student_plain", **common)
     row("student (plain)", Path(plain.best), _metric(plain))
-    kd = distill(student, data_yaml, teacher=str(t_ckpt), recipe=recipe, epochs=epochs, name="student_kd", **common)
+    kd = train(student, data_yaml, teacher=str(t_ckpt), recipe=recipe, epochs=epochs, name="student_kd", **common)
     row(f"student (KD: {recipe})", Path(kd.best), _metric(kd))
 
     _stage(4, n, f"prune the teacher (ratio {prune_ratio}), fine-tune {epochs} epochs with KD from it unpruned", t0)
@@ -111,7 +108,7 @@ def run_demo(
         k += 1
     pruned_pt = pruned_dir / f"pruned{k or ''}.pt"
     prune_checkpoint(str(t_ckpt), ratio=prune_ratio, out=str(pruned_pt), imgsz=imgsz)
-    ft = distill(
+    ft = train(
         str(pruned_pt), data_yaml, teacher=str(t_ckpt), recipe=recipe, epochs=epochs, name="pruned_ft", **common
     )
     row("teacher pruned + KD fine-tune", Path(ft.best), _metric(ft))
@@ -135,14 +132,13 @@ def run_demo(
     )
 
     _stage(6, n, "summary", t0)
-    w = max(len(r["model"]) for r in rows) + 2
-    print(f"\n{'model':<{w}}{'params':>11}{'GFLOPs':>9}{'mAP50-95':>10}{'ONNX ms':>9}")
-    for r in rows:
-        print(f"{r['model']:<{w}}{r['params']:>11,}{r['gflops']:>9.2f}{r['map']:>10.4f}{r['onnx_ms']:>9.2f}")
+    cells = [[r["model"], r["params"], r["gflops"], r["map"], r["onnx_ms"]] for r in rows]
+    header = ["model", "params", "GFLOPs", "mAP50-95", "ONNX ms"]
+    LOGGER.info("\n%s", table(cells, header, ["", ",d", ".2f", ".4f", ".2f"]))
     if rows[1]["map"] < 0.01 and epochs < 20:
-        print(
+        LOGGER.info(
             f"\nThe from-scratch students are near 0 after {epochs} epochs: YOLO11n needs about 20 epochs on `shapes` "
             "(see the README's benchmark); pruning the trained teacher and fine-tuning it with KD is the fast route."
         )
-    print(f"\ndemo finished in {time.time() - t0:.0f}s; runs under {project}")
+    LOGGER.info("\ndemo finished in %.0fs; runs under %s", time.time() - t0, project)
     return rows
