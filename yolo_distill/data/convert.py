@@ -24,6 +24,27 @@ def _write_yaml(out: Path, names: list[str], splits: list[str]) -> Path:
     return f
 
 
+def _place(rel: Path, used: set[Path], tag: str) -> Path:
+    """A collision-free relative destination for an image: its relative path as given, or, when another image
+    already took that path (two folders with the same file names), the same name with ``_<tag>`` added."""
+    rel = Path(*[p for p in rel.parts if p not in ("..", "/")]) if rel.is_absolute() or ".." in rel.parts else rel
+    if rel in used:
+        rel = rel.with_name(f"{rel.stem}_{tag}{rel.suffix}")
+    if rel in used:
+        raise ValueError(f"two images map to {rel}; give them distinct file names")
+    used.add(rel)
+    return rel
+
+
+def _copy(src: Path, out: Path, split: str, rel: Path, lines: list[str]) -> None:
+    """Copy one image to ``images/<split>/<rel>`` and write its labels to ``labels/<split>/<rel>.txt``."""
+    img, lab = out / "images" / split / rel, (out / "labels" / split / rel).with_suffix(".txt")
+    img.parent.mkdir(parents=True, exist_ok=True)
+    lab.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src, img)
+    lab.write_text("\n".join(lines) + ("\n" if lines else ""))
+
+
 def _norm_box(x0: float, y0: float, x1: float, y1: float, w: float, h: float) -> tuple[float, float, float, float]:
     x0, x1 = max(0.0, min(x0, w)), max(0.0, min(x1, w))
     y0, y1 = max(0.0, min(y0, h)), max(0.0, min(y1, h))
@@ -39,6 +60,8 @@ def coco_to_yolo(splits: dict[str, tuple[str | Path, str | Path]], out: str | Pa
 
     Returns:
         Path of the written ``data.yaml``. Class ids follow the sorted COCO category ids; crowd boxes are skipped.
+        Images keep their ``file_name`` relative to the image folder (sub-folders included), so ``a/0001.jpg`` and
+        ``b/0001.jpg`` both survive.
     """
     out = Path(out)
     _prepare_out(out)
@@ -60,11 +83,11 @@ def coco_to_yolo(splits: dict[str, tuple[str | Path, str | Path]], out: str | Pa
                 by_img.setdefault(a["image_id"], []).append(a)
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
+        used: set[Path] = set()
         for im in d.get("images", []):
             src = Path(img_dir) / im["file_name"]
             if not src.is_file():
                 raise FileNotFoundError(f"{ann} names image {src}, which does not exist")
-            shutil.copy2(src, out / "images" / split / src.name)
             w, h = float(im["width"]), float(im["height"])
             lines = []
             for a in by_img.get(im["id"], []):
@@ -73,7 +96,7 @@ def coco_to_yolo(splits: dict[str, tuple[str | Path, str | Path]], out: str | Pa
                     continue
                 xc, yc, nw, nh = _norm_box(x, y, x + bw, y + bh, w, h)
                 lines.append(f"{cid[a['category_id']]} {xc:.6f} {yc:.6f} {nw:.6f} {nh:.6f}")
-            (out / "labels" / split / f"{src.stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+            _copy(src, out, split, _place(Path(im["file_name"]), used, str(im["id"])), lines)
     return _write_yaml(out, names or [], list(splits))
 
 
@@ -88,7 +111,8 @@ def voc_to_yolo(
         names: class names in id order; by default the sorted set of names found in the XML files.
 
     Returns:
-        Path of the written ``data.yaml``. Objects marked ``difficult`` are kept.
+        Path of the written ``data.yaml``. Objects marked ``difficult`` are kept. Each image is stored under its
+        annotation file's name (``0001.xml`` -> ``0001.jpg``), which is unique in the annotation folder.
     """
     out = Path(out)
     _prepare_out(out)
@@ -109,7 +133,7 @@ def voc_to_yolo(
                 n = (o.findtext("name") or "").strip()
                 found.add(n)
                 objs.append((n, *(float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))))
-            items.append((Path(img_dir) / fname, w, h, objs))
+            items.append((Path(img_dir) / fname, xf.stem, w, h, objs))
         parsed[split] = items
     names = list(names) if names else sorted(found)
     unknown = found - set(names)
@@ -119,13 +143,12 @@ def voc_to_yolo(
     for split, items in parsed.items():
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
-        for src, w, h, objs in items:
+        for src, stem, w, h, objs in items:
             if not src.is_file():
                 raise FileNotFoundError(f"annotation names image {src}, which does not exist")
-            shutil.copy2(src, out / "images" / split / src.name)
             lines = [
                 f"{idx[n]} " + " ".join(f"{v:.6f}" for v in _norm_box(x0 - 1, y0 - 1, x1, y1, w, h))
                 for n, x0, y0, x1, y1 in objs
             ]
-            (out / "labels" / split / f"{src.stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+            _copy(src, out, split, Path(f"{stem}{src.suffix}"), lines)
     return _write_yaml(out, names, list(splits))
