@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from yolo_distill.registry import CONNECTORS, LOSSES, SCHEDULES
+
 
 def _config_root() -> Path:
     """``configs/`` of a source checkout (editable install), else the copy a wheel ships as ``yolo_distill/configs``."""
@@ -21,10 +23,9 @@ def _config_root() -> Path:
 
 
 CONFIG_ROOT = _config_root()
-SCHEDULES = ("constant", "linear_warmup", "cosine_warmup", "linear_decay", "cosine_decay")
 
 
-def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     """Build dataclass ``cls`` from ``data``, naming unknown keys and the valid ones."""
     if not isinstance(data, dict):
         raise TypeError(f"{where}: expected a mapping, got {type(data).__name__}")
@@ -60,8 +61,10 @@ class KDTerm:
         for k in ("temperature", "tau"):
             if k in self.params and not float(self.params[k]) > 0:
                 raise ValueError(f"loss {self.name!r}: {k} must be > 0, got {self.params[k]!r}")
-        if self.connector not in ("conv", "mgd", "none"):
-            raise ValueError(f"loss {self.name!r}: connector must be 'conv', 'mgd' or 'none', got {self.connector!r}")
+        if self.connector not in CONNECTORS:
+            raise ValueError(
+                f"loss {self.name!r}: connector must be one of {CONNECTORS.names()}, got {self.connector!r}"
+            )
         if not (
             self.layers == "neck" or (isinstance(self.layers, list) and all(isinstance(i, int) for i in self.layers))
         ):
@@ -91,7 +94,7 @@ class Schedule:
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULES:
-            raise ValueError(f"schedule kind {self.kind!r} is not one of {SCHEDULES}")
+            raise ValueError(f"schedule kind {self.kind!r} is not one of {tuple(SCHEDULES.names())}")
         if self.epochs < 0 or not 0 <= self.final <= 1:
             raise ValueError(f"schedule needs epochs >= 0 and 0 <= final <= 1, got {self.epochs}, {self.final}")
         if not isinstance(self.stop_at_teacher, bool):
@@ -99,19 +102,9 @@ class Schedule:
 
     def factor(self, epoch: float, total: int) -> float:
         """The KD weight factor at (fractional) ``epoch`` of a ``total``-epoch run."""
-        import math
-
         span = self.epochs or max(total, 1)
         t = min(max(epoch / span, 0.0), 1.0)
-        if self.kind == "constant":
-            return 1.0
-        if self.kind == "linear_warmup":
-            return t
-        if self.kind == "cosine_warmup":
-            return 0.5 * (1 - math.cos(math.pi * t))
-        if self.kind == "linear_decay":
-            return 1 - (1 - self.final) * t
-        return self.final + (1 - self.final) * 0.5 * (1 + math.cos(math.pi * t))
+        return SCHEDULES.get(self.kind)(t, self.final)
 
 
 @dataclass
@@ -155,12 +148,10 @@ class DistillRecipe:
         if not isinstance(terms, list):
             raise TypeError(f"{where}: 'losses' must be a list of terms")
         sched = data.pop("schedule", {}) or {}
-        recipe = _from_dict(cls, {**data, "losses": [], "schedule": Schedule()}, where)
-        recipe.losses = [_from_dict(KDTerm, t, f"{where}: losses[{i}]") for i, t in enumerate(terms)]
-        recipe.schedule = _from_dict(Schedule, sched, f"{where}: schedule")
+        recipe = from_dict(cls, {**data, "losses": [], "schedule": Schedule()}, where)
+        recipe.losses = [from_dict(KDTerm, t, f"{where}: losses[{i}]") for i, t in enumerate(terms)]
+        recipe.schedule = from_dict(Schedule, sched, f"{where}: schedule")
         recipe.__post_init__()
-        from yolo_distill.distill.losses import LOSSES
-
         for t in recipe.losses:
             LOSSES.get(t.name)  # raises with the list of valid names
         return recipe
