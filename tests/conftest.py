@@ -27,23 +27,44 @@ def _host(address) -> str:
 
 
 _real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
 _real_getaddrinfo = socket.getaddrinfo
+NETWORK_ATTEMPTS: list[str] = []  # every attempt, also those the code under test catches and swallows
 
 
 def _guarded_connect(self, address):
     if self.family in (socket.AF_INET, socket.AF_INET6) and _host(address) not in _LOOPBACK:
+        NETWORK_ATTEMPTS.append(f"connect {address}")
         raise RuntimeError(f"test tried to reach the network: {address}")
     return _real_connect(self, address)
 
 
+def _guarded_connect_ex(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and _host(address) not in _LOOPBACK:
+        NETWORK_ATTEMPTS.append(f"connect_ex {address}")
+        raise RuntimeError(f"test tried to reach the network: {address}")
+    return _real_connect_ex(self, address)
+
+
 def _guarded_getaddrinfo(host, *args, **kwargs):
     if host not in _LOOPBACK and host is not None:
+        NETWORK_ATTEMPTS.append(f"resolve {host}")
         raise RuntimeError(f"test tried to resolve {host!r}")
     return _real_getaddrinfo(host, *args, **kwargs)
 
 
 socket.socket.connect = _guarded_connect  # tests only: any network attempt fails loudly
+socket.socket.connect_ex = _guarded_connect_ex
 socket.getaddrinfo = _guarded_getaddrinfo
+
+
+@pytest.fixture(autouse=True)
+def _no_network_attempt():
+    """Every test is an offline test: it fails if anything tried the network, even where the error was swallowed."""
+    NETWORK_ATTEMPTS.clear()
+    yield
+    attempts, NETWORK_ATTEMPTS[:] = list(NETWORK_ATTEMPTS), []
+    assert not attempts, f"network attempted during the test: {attempts}"
 
 
 @pytest.fixture(autouse=True)
