@@ -15,8 +15,8 @@ PKG = Path(__file__).resolve().parent.parent / "yolo_distill"
 
 #: layer of each room, lowest first; a module may import its own room and any lower layer
 LAYERS = {
-    "log": 0, "registry": 0, "offline": 0, "config": 1, "checkpoints": 1, "data": 1, "evaluate": 2,
-    "distill": 3, "prune": 3, "export": 3,
+    "log": 0, "registry": 0, "offline": 0, "config": 1, "checkpoints": 1, "data": 1, "evaluation": 2,
+    "distill": 3, "compress": 3, "deploy": 3,
     "bench": 4, "demo": 4,
     "api": 5,
     "cli": 6,
@@ -133,3 +133,20 @@ def test_the_contract_catches_an_upward_import(tmp_path, monkeypatch):
     found = _imports("yolo_distill.config", probe, fake)
     assert ("yolo_distill.api", ["train"]) in found
     assert LAYERS[_room("yolo_distill.api")] > LAYERS[_room("yolo_distill.config")]
+
+
+def test_every_public_name_is_the_facades_callable_even_after_every_module_is_imported():
+    """``yolo_distill.<name>`` is api's function, never a submodule that shadows it once imported."""
+    import importlib
+
+    import yolo_distill
+    from yolo_distill import api
+
+    for m in _modules():
+        if not m.endswith("__main__"):
+            importlib.import_module(m)
+    for name in yolo_distill.__all__:
+        if name in ("__version__", "DistillationTrainer"):
+            continue
+        assert getattr(yolo_distill, name) is getattr(api, name), name
+        assert callable(getattr(yolo_distill, name)), name

@@ -2,7 +2,8 @@
 
 ``import yolo_distill`` is cheap and changes nothing in the process but the two offline defaults
 (``YOLO_OFFLINE=1``, ``YOLO_AUTOINSTALL=0``, each only when unset); the public calls of :mod:`yolo_distill.api`
-(and ``DistillationTrainer``) load on first use.
+(and ``DistillationTrainer``) load on first use. A public name never equals a subpackage's (``distill``, ``bench``,
+``demo``): Python would replace the function by the module once that module is imported.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ except metadata.PackageNotFoundError:  # a source tree on sys.path, not installe
     __version__ = "0.0.0+unknown"
 
 _API = (
-    "train", "distill", "prune", "iterative_prune", "export", "evaluate", "bench", "demo", "generate_shapes",
+    "train", "prune", "iterative_prune", "export", "evaluate", "run_bench", "run_demo", "generate_shapes",
     "coco_to_yolo", "voc_to_yolo", "check_dataset", "kd_step_cost", "prune_speed", "recipes",
 )  # fmt: skip
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import inspect
 import sys
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
@@ -43,9 +45,73 @@ def parse_kv(argv: list[str]) -> dict[str, Any]:
             out[k] = yaml.safe_load(v) if v != "" else None
         except yaml.YAMLError:
             out[k] = v
-        if isinstance(out[k], (dict,)):
-            out[k] = v
     return out
+
+
+class BadValue(Exception):
+    """A key=value the command cannot take: reported as one line, exit code 2."""
+
+
+#: what a value is expected to be, for the keys whose type alone does not say it
+EXPECTED = {
+    "gflops": "a number of GFLOPs (gflops=10.5) or a fraction of the source's (gflops=0.5x)",
+    "protect": "layer indices, module names or head (protect=head,3,model.4)",
+    "only": "row names (only=ROW or only=ROW,ROW)",
+    "layer_ratios": "a mapping of layer index to ratio (layer_ratios={2: 0.5})",
+}
+
+
+def _describe(t: Any) -> str:
+    args = [a for a in typing.get_args(t) if a is not type(None)] if _is_union(t) else [t]
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "text", list: "a list [a,b]",
+             dict: "a mapping {k: v}"}  # fmt: skip
+    return " or ".join(dict.fromkeys(names.get(typing.get_origin(a) or a, str(a)) for a in args))
+
+
+def _is_union(t: Any) -> bool:
+    return typing.get_origin(t) in (typing.Union, types.UnionType)
+
+
+def _matches(v: Any, t: Any) -> bool:
+    """Whether a parsed value fits annotation ``t`` (str takes any scalar: ``device=0``, ``name=1``)."""
+    if t is Any:
+        return True
+    if _is_union(t):
+        return any(_matches(v, a) for a in typing.get_args(t))
+    t = typing.get_origin(t) or t
+    if t is type(None):
+        return v is None
+    if t is bool:
+        return isinstance(v, bool)
+    if t is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if t is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if t is str:
+        return isinstance(v, (str, int, float)) and not isinstance(v, bool)
+    return isinstance(v, t) if isinstance(t, type) else True
+
+
+def check_values(fn: Callable, kv: dict[str, Any]) -> None:
+    """Check each value against the type annotation of ``fn``'s parameter of that name.
+
+    Raises:
+        BadValue: naming the key, the value given and what is expected.
+    """
+    hints = typing.get_type_hints(fn)
+    for k, v in kv.items():
+        if k in hints and not _matches(v, hints[k]):
+            raise BadValue(f"{k}={v!r} is not valid: expected {EXPECTED.get(k, _describe(hints[k]))}")
+
+
+def _check_ultralytics_values(kv: dict[str, Any]) -> None:
+    """Ultralytics' own type and range check of its train arguments, as one line instead of its exception."""
+    from ultralytics.cfg import check_cfg
+
+    try:
+        check_cfg(dict(kv), hard=True)
+    except (TypeError, ValueError) as e:
+        raise BadValue(str(e).strip().splitlines()[0]) from None
 
 
 def keys_of(fn: Callable, extra: set[str] = frozenset()) -> set[str]:
@@ -72,7 +138,9 @@ def _train(kv: dict[str, Any]) -> None:
 
     _check_keys("train", kv, keys_of(api.train, _ultralytics_train_keys()))
     if not kv.get("model") or not kv.get("data"):
-        raise SystemExit("yolo-distill train: model= (the student, *.yaml or *.pt) and data= are required")
+        raise BadValue("model= (the student, *.yaml or *.pt) and data= are required")
+    check_values(api.train, kv)
+    _check_ultralytics_values({k: v for k, v in kv.items() if k not in keys_of(api.train)})
     trainer = api.train(**kv)
     print(f"best checkpoint: {trainer.best}")
 
@@ -82,9 +150,14 @@ def _prune(kv: dict[str, Any]) -> None:
 
     if "recipe" in kv:  # iterative pruning with fine-tuning between steps
         _check_keys("prune", kv, keys_of(api.iterative_prune, {f.name for f in fields(api.IterativeRecipe)}))
+        check_values(api.iterative_prune, kv)
+        check_values(api.IterativeRecipe, kv)
         api.iterative_prune(**kv)
         return
     _check_keys("prune", kv, keys_of(api.prune))
+    if "model" not in kv:
+        raise BadValue("model= (the checkpoint to prune, *.pt) is required")
+    check_values(api.prune, kv)
     api.prune(**kv)
 
 
@@ -92,17 +165,21 @@ def _export(kv: dict[str, Any]) -> None:
     from yolo_distill import api
 
     _check_keys("export", kv, keys_of(api.export))
+    if "model" not in kv:
+        raise BadValue("model= (the checkpoint to export, *.pt) is required")
+    check_values(api.export, kv)
     api.export(**kv)
 
 
 def _bench(kv: dict[str, Any]) -> None:
     from yolo_distill import api
 
-    _check_keys("bench", kv, keys_of(api.bench))
+    _check_keys("bench", kv, keys_of(api.run_bench))
     if "recipe" not in kv:
-        raise SystemExit("yolo-distill bench: recipe= (a name under configs/bench or a YAML path) is required")
+        raise BadValue("recipe= (a name under configs/bench or a YAML path) is required")
+    check_values(api.run_bench, kv)
     try:
-        api.bench(**kv)
+        api.run_bench(**kv)
     except RuntimeError as e:  # jobs=N: rows that failed, each with its log; the report holds the others
         raise SystemExit(f"yolo-distill bench: {e}") from None
 
@@ -110,8 +187,9 @@ def _bench(kv: dict[str, Any]) -> None:
 def _demo(kv: dict[str, Any]) -> None:
     from yolo_distill import api
 
-    _check_keys("demo", kv, keys_of(api.demo))
-    api.demo(**kv)
+    _check_keys("demo", kv, keys_of(api.run_demo))
+    check_values(api.run_demo, kv)
+    api.run_demo(**kv)
 
 
 def _data(kv: dict[str, Any]) -> None:
@@ -120,15 +198,20 @@ def _data(kv: dict[str, Any]) -> None:
     action = kv.pop("action", "generate")
     if action == "generate":
         _check_keys("data", kv, {f.name for f in fields(api.ShapesSpec)} | {"out", "overwrite"})
+        check_values(api.ShapesSpec, kv)
         out = kv.pop("out", "datasets/shapes")
-        overwrite = bool(kv.pop("overwrite", False))
+        if not isinstance(out, str):
+            raise BadValue(f"out={out!r} is not valid: expected a folder path")
+        overwrite = kv.pop("overwrite", False)
+        if not isinstance(overwrite, bool):
+            raise BadValue(f"overwrite={overwrite!r} is not valid: expected true or false")
         print(api.generate_shapes(out, api.ShapesSpec(**kv), overwrite=overwrite))
     elif action in ("coco", "voc"):
         convert = api.coco_to_yolo if action == "coco" else api.voc_to_yolo
         _check_keys("data", kv, {"train", "val", "train_images", "val_images"} | keys_of(convert) - {"splits"})
         need = [k for k in ("train", "train_images", "out") if k not in kv]
         if need:
-            raise SystemExit(f"yolo-distill data action={action}: missing {need}")
+            raise BadValue(f"action={action} needs {need}")
         splits = {"train": (kv.pop("train"), kv.pop("train_images"))}
         if "val" in kv:
             splits["val"] = (kv.pop("val"), kv.pop("val_images", splits["train"][1]))
@@ -138,10 +221,12 @@ def _data(kv: dict[str, Any]) -> None:
         print(convert(splits, **kv))
     elif action == "check":
         _check_keys("data", kv, keys_of(api.check_dataset) - {"data_yaml", "max_errors"} | {"data"})
+        if "data" not in kv:
+            raise BadValue("action=check needs data= (a data YAML)")
         d = api.check_dataset(kv["data"])
         print(f"ok: {kv['data']} ({d['nc']} classes)")
     else:
-        raise SystemExit("yolo-distill data: action= must be generate, coco, voc or check")
+        raise BadValue(f"action={action!r} is not valid: expected generate, coco, voc or check")
 
 
 @dataclass(frozen=True)
@@ -186,11 +271,12 @@ COMMANDS: dict[str, Command] = {
     "bench": Command(
         _bench,
         "yolo-distill bench recipe=cpu-small|PATH.yaml [out=bench/NAME] [repeats=1] [seed=0] [report_only=False]\n"
-        "                   [only=ROW,ROW] [jobs=1]\n"
+        "                   [only=ROW,ROW] [jobs=1] [dry_run=False]\n"
         "Rows already finished (same spec, settings and version) are skipped; a killed bench continues.\n"
         "jobs=N runs N rows at once, each in its own process (logs in OUT/logs/); on a CPU each row trains with\n"
         "cpu_count-1 threads (at most 8), so jobs=2 uses both cores of a 2-core machine.\n"
-        "A row may set its own repeats (more seeds for the rows whose difference matters).",
+        "A row may set its own repeats (more seeds for the rows whose difference matters).\n"
+        "dry_run=True resolves every row (paths, device, references, recipes, cache keys) and trains nothing.",
     ),
     "demo": Command(
         _demo,
@@ -225,10 +311,16 @@ def main(argv: list[str] | None = None) -> int:
     to_stdout()
     try:
         COMMANDS[cmd].run(parse_kv(rest))
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, TypeError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"yolo-distill {cmd}: {type(e).__name__}: {msg}", file=sys.stderr)
-        return 1
+    except BadValue as e:  # a value the CLI itself rejected: nothing has run
+        print(f"yolo-distill {cmd}: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, LookupError, FileNotFoundError, FileExistsError) as e:  # the library's checks of the input
+        from yolo_distill.api import UnknownName
+
+        if isinstance(e, LookupError) and not isinstance(e, UnknownName):
+            raise  # a KeyError / IndexError from a bug keeps its traceback
+        print(f"yolo-distill {cmd}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from yolo_distill.registry import CONNECTORS, LOSSES, SCHEDULES
+from yolo_distill.registry import CONNECTORS, LOSSES, SCHEDULES, UnknownName
 
 
 def _config_root() -> Path:
@@ -25,6 +25,18 @@ def _config_root() -> Path:
 CONFIG_ROOT = _config_root()
 
 
+def require(ok: bool, key: str, value: Any, expected: str) -> None:
+    """Raise ``ValueError("key=value is not valid: expected ...")`` unless ``ok``: the one form of an input check."""
+    if not ok:
+        raise ValueError(f"{key}={value!r} is not valid: expected {expected}")
+
+
+def require_int(key: str, value: Any, low: int) -> None:
+    """``value`` is an integer >= ``low`` (not a bool)."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    require(ok, key, value, f"an integer >= {low}")
+
+
 def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     """Build dataclass ``cls`` from ``data``, naming unknown keys and the valid ones."""
     if not isinstance(data, dict):
@@ -32,7 +44,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     valid = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - valid)
     if unknown:
-        raise KeyError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(valid)}")
+        raise UnknownName(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(valid)}")
     return cls(**data)
 
 

@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from yolo_distill.checkpoints import load_model
-from yolo_distill.data.builtin import resolve_data
+from yolo_distill.compress.checkpoint import prune_checkpoint
+from yolo_distill.compress.pruner import model_stats
+from yolo_distill.config import load_distill_recipe, require, require_int
+from yolo_distill.data.builtin import require_data, resolve_data
+from yolo_distill.deploy.onnx import export_checkpoint
 from yolo_distill.distill.run import train
-from yolo_distill.evaluate import evaluate
-from yolo_distill.export.onnx import export_checkpoint
+from yolo_distill.evaluation import evaluate
 from yolo_distill.log import LOGGER, table
-from yolo_distill.prune.checkpoint import prune_checkpoint
-from yolo_distill.prune.pruner import model_stats
+from yolo_distill.offline import resolve_weights
 
 
 def _stage(i: int, n: int, text: str, t0: float) -> None:
@@ -66,6 +68,19 @@ def run_demo(
     Returns:
         The summary rows.
     """
+    for key, value, low in (("epochs", epochs, 1), ("teacher_epochs", teacher_epochs, 1), ("imgsz", imgsz, 32),
+                            ("batch", batch, 1)):  # fmt: skip
+        require_int(key, value, low)
+    if export_imgsz is not None:
+        require_int("export_imgsz", export_imgsz, 32)
+    require(isinstance(prune_ratio, (int, float)) and 0 < prune_ratio < 1, "prune_ratio", prune_ratio,
+            "a number in (0, 1)")  # fmt: skip
+    if teacher not in (None, "train"):
+        resolve_weights(teacher)
+    for key, value in (("student", student), ("teacher_model", teacher_model)):
+        require(str(value).endswith((".yaml", ".yml")), key, value, "a model YAML such as yolo11n.yaml")
+    load_distill_recipe(recipe)
+    require_data(data)
     t0 = time.time()
     n = 6
     project = str(Path(project).resolve())  # Ultralytics would nest a relative project under runs/detect/

@@ -9,8 +9,8 @@ entries (``locations``, as mmengine's registries do) and imports them on first l
 | :data:`LOSSES` | ``yolo_distill.distill.losses`` | distillation losses (classes) |
 | :data:`CONNECTORS` | ``yolo_distill.distill.connectors`` | channel connectors (factories) |
 | :data:`SCHEDULES` | ``yolo_distill.distill.schedules`` | KD weight schedules (functions) |
-| :data:`IMPORTANCE` | ``yolo_distill.prune.importance`` | pruning importance criteria (factories) |
-| :data:`ALLOCATIONS` | ``yolo_distill.prune.allocation`` | how a pruning ratio is spread over layers |
+| :data:`IMPORTANCE` | ``yolo_distill.compress.importance`` | pruning importance criteria (factories) |
+| :data:`ALLOCATIONS` | ``yolo_distill.compress.allocation`` | how a pruning ratio is spread over layers |
 """
 
 from __future__ import annotations
@@ -20,6 +20,14 @@ from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+
+class UnknownName(KeyError):
+    """A name or key the user gave that is not known (a recipe key, a loss name, a method...): an input error, which
+    the CLI reports in one line, unlike a KeyError from a bug."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class Registry(Generic[T]):
@@ -62,7 +70,7 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except (KeyError, TypeError):
-            raise KeyError(f"unknown {self.kind} {name!r}; choose one of {self.names()}") from None
+            raise UnknownName(f"unknown {self.kind} {name!r}; choose one of {self.names()}") from None
 
     def names(self) -> list[str]:
         """Registered names, sorted."""
@@ -77,5 +85,5 @@ class Registry(Generic[T]):
 LOSSES: Registry = Registry("distillation loss", ["yolo_distill.distill.losses"])
 CONNECTORS: Registry = Registry("connector", ["yolo_distill.distill.connectors"])
 SCHEDULES: Registry = Registry("schedule kind", ["yolo_distill.distill.schedules"])
-IMPORTANCE: Registry = Registry("importance criterion (method)", ["yolo_distill.prune.importance"])
-ALLOCATIONS: Registry = Registry("allocation", ["yolo_distill.prune.allocation"])
+IMPORTANCE: Registry = Registry("importance criterion (method)", ["yolo_distill.compress.importance"])
+ALLOCATIONS: Registry = Registry("allocation", ["yolo_distill.compress.allocation"])

@@ -30,7 +30,7 @@ def _export(pt: Path, imgsz: int) -> Path:
 
 def _channel_multiple_share(model: torch.nn.Module, k: int) -> float:
     """Share of conv output channels that sit in layers whose width is a multiple of ``k``."""
-    from yolo_distill.prune.pruner import conv_channels
+    from yolo_distill.compress.pruner import conv_channels
 
     widths = list(conv_channels(model).values())
     return sum(w for w in widths if w % k == 0) / max(1, sum(widths))
@@ -78,9 +78,9 @@ def measure(
     from ultralytics.utils.files import increment_path
 
     from yolo_distill.checkpoints import load_model, save_stock_checkpoint
-    from yolo_distill.export.latency import compare_onnx, time_torch
-    from yolo_distill.prune.checkpoint import prune_checkpoint
-    from yolo_distill.prune.pruner import model_stats
+    from yolo_distill.compress.checkpoint import prune_checkpoint
+    from yolo_distill.compress.pruner import model_stats
+    from yolo_distill.deploy.latency import compare_onnx, time_torch
 
     src = Path(model)
     if not src.is_file():

@@ -15,7 +15,7 @@ def write_report(table: list[dict], out_dir: Path, recipe_name: str) -> Path:
         f"# Benchmark `{recipe_name}`",
         "",
         "Latency columns are measured per row, one row after another: compare them only for rows that ran on an idle",
-        "machine, or use `yolo_distill.export.latency.compare_onnx` for side-by-side ratios. Train s: training time",
+        "machine, or use `yolo_distill.deploy.latency.compare_onnx` for side-by-side ratios. Train s: training time",
         "of the row (a resumed row keeps the time of the run that trained it). KD step: one training step of a KD",
         "student with our recipe, as a multiple of a plain step / of an Ultralytics `distill_model=` step (same",
         "teacher, imgsz and batch; measured interleaved).",

@@ -16,7 +16,7 @@ from typing import Any
 from yolo_distill.bench.cache import finished_run
 from yolo_distill.bench.spec import Row, is_ref
 from yolo_distill.checkpoints import load_model
-from yolo_distill.evaluate import evaluate
+from yolo_distill.evaluation import evaluate
 from yolo_distill.log import LOGGER
 
 
@@ -69,8 +69,8 @@ def train_row(row: Row, s: dict, done: dict[str, dict], model: str, epochs: int,
 
 def prune_row(row: Row, s: dict, model: str, out: Path, imgsz: int) -> str:
     """Prune ``model`` as the row says into the bench's ``pruned/`` folder; returns the pruned checkpoint."""
-    from yolo_distill.prune.checkpoint import prune_checkpoint, report_path
-    from yolo_distill.prune.pruner import model_stats
+    from yolo_distill.compress.checkpoint import prune_checkpoint, report_path
+    from yolo_distill.compress.pruner import model_stats
 
     dst = out / "pruned" / f"{run_name(row, s)}.pt"
     dst.unlink(missing_ok=True)  # a stale output of a killed row: the bench's own file
@@ -86,7 +86,7 @@ def prune_row(row: Row, s: dict, model: str, out: Path, imgsz: int) -> str:
 
 def run_row(row: Row, s: dict, done: dict[str, dict], out: Path) -> dict:
     """Run one row with settings ``s`` (one seed) and measure it; ``done`` holds the finished rows it refers to."""
-    from yolo_distill.prune.pruner import model_stats
+    from yolo_distill.compress.pruner import model_stats
 
     common = common_args(s, out)
     t0 = time.time()
@@ -118,7 +118,7 @@ def run_row(row: Row, s: dict, done: dict[str, dict], out: Path) -> dict:
 def export_row(row: Row, s: dict, checkpoint: str, out: Path) -> dict[str, Any]:
     """Export a copy of ``checkpoint`` in the bench's ``exports/<row>/`` folder: parity, latency (and with
     ``int8``, the INT8 model), and for export rows the mAP of the ONNX models run by ONNX Runtime."""
-    from yolo_distill.export.onnx import ParityError, export_checkpoint
+    from yolo_distill.deploy.onnx import ParityError, export_checkpoint
 
     folder = out / "exports" / run_name(row, s)
     if folder.exists():  # the bench's own exports of an earlier attempt at this row

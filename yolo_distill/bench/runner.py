@@ -19,7 +19,7 @@ from yolo_distill.log import LOGGER
 
 def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, seed: int | None = None,
               device: str | None = None, report_only: bool = False, only: str | list[str] | None = None,
-              jobs: int = 1) -> dict:  # fmt: skip
+              jobs: int = 1, dry_run: bool = False) -> dict:  # fmt: skip
     """Run (or continue) a benchmark recipe and write ``report.md``, ``results.json`` and plots.
 
     Args:
@@ -35,6 +35,8 @@ def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, s
         jobs: rows run at once, each in its own process, a row as soon as the rows it builds on are done. On a
             CPU Ultralytics trains with ``cpu_count - 1`` threads (at most 8), so on a 2-core machine one row uses
             one core and ``jobs=2`` halves the wall time; keep ``jobs * 8 <= cores`` on larger CPUs.
+        dry_run: resolve every row (paths, device, references, recipes, cache keys), log them with what is missing
+            on this machine, and return; nothing is trained or written.
 
     Returns:
         ``{"rows": [...], "out": folder}``: one entry per finished row and seed.
@@ -42,8 +44,14 @@ def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, s
     Raises:
         RuntimeError: with ``jobs > 1``, after writing the report, when a row failed (naming it and its log).
     """
+    from yolo_distill.config import require, require_int
     from yolo_distill.data.builtin import resolve_data
 
+    for key, value, low in (("repeats", repeats, 1), ("seed", seed, 0)):
+        if value is not None:
+            require_int(key, value, low)
+    require(isinstance(report_only, bool), "report_only", report_only, "true or false")
+    require(isinstance(dry_run, bool), "dry_run", dry_run, "true or false")
     spec = load_bench_recipe(recipe)
     settings = dict(spec.settings)
     if seed is not None:
@@ -58,8 +66,14 @@ def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, s
         raise ValueError(f"only={unknown}: no such row in {spec.path.name}; rows: {[r.name for r in spec.rows]}")
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1 (rows run at once), got {jobs!r}")
-    settings["data"] = resolve_data(settings.get("data", "shapes"))
     out_dir = Path(out or Path("bench") / spec.path.stem)
+    settings.setdefault("data", "shapes")
+    if dry_run:  # the same plan as a run, but nothing generated, trained or written
+        from yolo_distill.bench.dry_run import dry_run as resolve
+
+        return {**resolve(spec, settings, lambda: _plan(spec, settings, settings, reps)), "out": str(out_dir)}
+    require(not out_dir.is_file(), "out", str(out_dir), "a folder for the bench's results (this is a file)")
+    run_settings = {**settings, "data": resolve_data(settings["data"])}
     out_dir.mkdir(parents=True, exist_ok=True)
     if jobs > 1 and not report_only:
         failed = run_jobs(spec.path, out_dir, spec.rows, only or [r.name for r in spec.rows], jobs,
@@ -68,13 +82,17 @@ def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, s
         if failed:
             raise RuntimeError(f"bench rows did not finish: {'; '.join(failed)}")
         return res
-    table = _run_rows(spec, settings, reps, out_dir, report_only, only)
+    table = _run_rows(spec, settings, run_settings, reps, out_dir, report_only, only)
     write_report(table, out_dir, spec.path.name)
     return {"rows": table, "out": str(out_dir)}
 
 
-def _plan(spec: BenchRecipe, settings: dict, reps: int) -> list[tuple[Row, dict, str, dict[str, str]]]:
-    """Every (row, seed settings, cache key, keys of the rows it refers to) in run order."""
+def _plan(spec: BenchRecipe, settings: dict, run_settings: dict, reps: int) -> list[tuple[Row, dict, str, dict]]:
+    """Every (row, run settings with its seed, cache key, keys of the rows it refers to) in run order.
+
+    The key is made from the settings as the recipe writes them (``data: shapes``), not as resolved on this machine
+    (an absolute dataset path), so a bench folder keeps its results wherever the repository is cloned.
+    """
     base_seed = settings.get("seed", 0)
     row_reps = {r.name: int(r.repeats or reps) for r in spec.rows}
     keys: dict[str, str] = {}  # the latest seed of each row, for "@row" references
@@ -84,7 +102,7 @@ def _plan(spec: BenchRecipe, settings: dict, reps: int) -> list[tuple[Row, dict,
         for row in spec.rows:
             if rep < row_reps[row.name]:
                 k = cache.key(row, s, keys)
-                plan.append((row, s, k, {n: keys[n] for n in row.refs()}))
+                plan.append((row, {**run_settings, "seed": s["seed"]}, k, {n: keys[n] for n in row.refs()}))
                 keys[row.name] = k
     return plan
 
@@ -99,13 +117,13 @@ def _to_compute(plan: list, results: dict, to_run: set[str]) -> set[str]:
     return need
 
 
-def _run_rows(spec: BenchRecipe, settings: dict, reps: int, out_dir: Path, report_only: bool,
+def _run_rows(spec: BenchRecipe, settings: dict, run_settings: dict, reps: int, out_dir: Path, report_only: bool,
               only: list[str] | None) -> list[dict]:  # fmt: skip
     """Every row and seed in order: run what is asked and missing, reuse a cached result, leave out the rest."""
     res_file = out_dir / "results.json"
     results = cache.load(res_file)
     to_run = set() if report_only else {r.name for r in spec.rows if not only or r.name in only}
-    plan = _plan(spec, settings, reps)
+    plan = _plan(spec, settings, run_settings, reps)
     compute = _to_compute(plan, results, to_run)
     table: list[dict] = []
     done: dict[str, dict] = {}  # the latest finished seed of each row, for "@row" references

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from yolo_distill.config import find_recipe, load_yaml
+from yolo_distill.registry import UnknownName
 
 ROW_KINDS = ("train", "prune", "export")
 SETTINGS = ("data", "imgsz", "epochs", "batch", "seed", "export_imgsz", "device")
@@ -105,7 +106,7 @@ def parse_row(raw: Any, where: str, defined: set[str]) -> Row:
         raise ValueError(f"{where}: a row must be a mapping, got {raw!r}")
     unknown = sorted(set(raw) - _ROW_KEYS)
     if unknown:
-        raise KeyError(f"{where}: unknown key(s) {unknown}; valid row keys: {sorted(_ROW_KEYS)}")
+        raise UnknownName(f"{where}: unknown key(s) {unknown}; valid row keys: {sorted(_ROW_KEYS)}")
     if raw.get("kind") not in ROW_KINDS or not isinstance(raw.get("name"), str):
         raise ValueError(f"{where}: a row needs a name and kind in {ROW_KINDS}, got {raw!r}")
     where = f"{where} ({raw['name']})"
@@ -138,7 +139,7 @@ def parse_recipe(data: dict[str, Any], path: Path) -> BenchRecipe:
     where = str(path)
     unknown = sorted(set(data) - set(SETTINGS) - {"rows", "description", "repeats"})
     if unknown:
-        raise KeyError(f"{where}: unknown key(s) {unknown}; valid: {sorted(SETTINGS + ('rows', 'repeats'))}")
+        raise UnknownName(f"{where}: unknown key(s) {unknown}; valid: {sorted(SETTINGS + ('rows', 'repeats'))}")
     if "repeats" in data:
         _check_int(where, "repeats", data["repeats"], 1)
     rows: list[Row] = []

@@ -47,3 +47,19 @@ def resolve_data(data: str | Path, root: str | Path = "datasets") -> str:
             )
         return yaml_name
     return s
+
+
+def require_data(data: str | Path, key: str = "data") -> str:
+    """:func:`resolve_data`, then check that the data YAML exists (public names are Ultralytics' own YAMLs).
+
+    Raises:
+        FileNotFoundError: naming the key, the value and the fix.
+    """
+    resolved = resolve_data(data)
+    if resolved.endswith((".yaml", ".yml")) and not Path(resolved).is_file() and Path(resolved).name == resolved:
+        return resolved  # a bare YAML name: one of Ultralytics' own dataset YAMLs (resolved by Ultralytics)
+    if not Path(resolved).is_file():
+        raise FileNotFoundError(
+            f"{key}={str(data)!r}: no such data YAML; pass a data YAML path or a built-in name ({', '.join(BUILTIN)})"
+        )
+    return resolved

@@ -10,6 +10,17 @@ from pathlib import Path
 import yaml
 
 
+def _check_inputs(splits: dict[str, tuple[str | Path, str | Path]], kind: str) -> None:
+    """Every split's annotations and image folder exist (checked before anything is written)."""
+    for split, (ann, img_dir) in splits.items():
+        ok = Path(ann).is_file() if kind == "file" else Path(ann).is_dir()
+        if not ok:
+            what = "a COCO JSON file" if kind == "file" else "a folder of VOC XML files"
+            raise FileNotFoundError(f"{split}={str(ann)!r}: not found; expected {what}")
+        if not Path(img_dir).is_dir():
+            raise FileNotFoundError(f"{split}_images={str(img_dir)!r}: not found; expected the folder of the images")
+
+
 def _prepare_out(out: Path) -> None:
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; converters never overwrite, pick a new output folder")
@@ -64,6 +75,7 @@ def coco_to_yolo(splits: dict[str, tuple[str | Path, str | Path]], out: str | Pa
         ``b/0001.jpg`` both survive.
     """
     out = Path(out)
+    _check_inputs(splits, "file")
     _prepare_out(out)
     names: list[str] | None = None
     for split, (ann, img_dir) in splits.items():
@@ -115,6 +127,7 @@ def voc_to_yolo(
         annotation file's name (``0001.xml`` -> ``0001.jpg``), which is unique in the annotation folder.
     """
     out = Path(out)
+    _check_inputs(splits, "dir")
     _prepare_out(out)
     parsed: dict[str, list] = {}
     found: set[str] = set()

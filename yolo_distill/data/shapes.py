@@ -69,6 +69,8 @@ class ShapesSpec:
             raise ValueError(f"need 4 <= min_size <= max_size <= imgsz, got {self.min_size}, {self.max_size}")
         if not 0.0 < self.min_visible <= 1.0:
             raise ValueError(f"min_visible must be in (0, 1], got {self.min_visible}")
+        if self.distractors < 0 or self.seed < 0:
+            raise ValueError(f"distractors and seed must be >= 0, got {self.distractors} and {self.seed}")
 
 
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> np.ndarray:

@@ -29,11 +29,20 @@ def train(
     Returns:
         The finished trainer (``.best``, ``.save_dir``, ``.metrics``).
     """
-    from yolo_distill.config import load_distill_recipe
-    from yolo_distill.data.builtin import resolve_data
+    from yolo_distill.config import load_distill_recipe, require
+    from yolo_distill.data.builtin import require_data
     from yolo_distill.data.checks import check_detection_dataset
+    from yolo_distill.offline import resolve_weights
 
-    data = resolve_data(data)
+    # every input is checked before Ultralytics creates the run folder
+    if isinstance(model, str):
+        resolve_weights(model)
+    if isinstance(teacher, str):
+        resolve_weights(teacher)
+    require(isinstance(sparsity, (int, float)) and not isinstance(sparsity, bool) and sparsity >= 0, "sparsity",
+            sparsity, "a number >= 0 (L1 strength on BN scales)")  # fmt: skip
+    _check_train_args(train_args)
+    data = require_data(data)
     if str(data).endswith((".yaml", ".yml")) and Path(data).exists():
         check_detection_dataset(data)
     overrides = {"model": model, "data": data, **train_args}
@@ -49,3 +58,13 @@ def train(
     trainer = DistillationTrainer(overrides=overrides)
     trainer.train()
     return trainer
+
+
+def _check_train_args(train_args: dict[str, Any]) -> None:
+    """Ultralytics' own type and range check of its train arguments, as a ValueError naming the key."""
+    from ultralytics.cfg import check_cfg
+
+    try:
+        check_cfg(dict(train_args), hard=True)
+    except TypeError as e:
+        raise ValueError(str(e)) from None

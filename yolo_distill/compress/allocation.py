@@ -11,7 +11,7 @@ from copy import deepcopy
 
 from torch import nn
 
-from yolo_distill.prune.pruner import PlanContext, PruneConfig, layer_widths, prune_step
+from yolo_distill.compress.pruner import PlanContext, PruneConfig, layer_widths, prune_step
 from yolo_distill.registry import ALLOCATIONS
 
 
@@ -39,10 +39,10 @@ def global_ranking(model: nn.Module, cfg: PruneConfig, ratio: float, ctx: PlanCo
 def by_sensitivity(model: nn.Module, cfg: PruneConfig, ratio: float, ctx: PlanContext) -> dict[int, float]:
     """Scan each layer alone (prune, validate), then give each the largest ratio within ``cfg.max_drop``.
 
-    The scan runs once per :func:`~yolo_distill.prune.pruner.prune_model` call (kept in ``ctx.cache``) and writes
+    The scan runs once per :func:`~yolo_distill.compress.pruner.prune_model` call (kept in ``ctx.cache``) and writes
     ``sensitivity.csv``/``.json``/``.png`` into ``ctx.out_dir`` when given.
     """
-    from yolo_distill.prune import sensitivity
+    from yolo_distill.compress import sensitivity
 
     if not ctx.data:
         raise ValueError("allocation=sensitivity needs data= (each layer is validated after pruning it alone)")

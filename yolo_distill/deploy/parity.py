@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from yolo_distill.export.latency import ort_session
+from yolo_distill.deploy.latency import ort_session
 
 
 class ParityError(RuntimeError):

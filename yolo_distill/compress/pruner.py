@@ -1,9 +1,9 @@
 """The pruning algorithm: structured channel pruning of a DetectionModel with Torch-Pruning's dependency graph.
 
-Pieces kept apart, as in Torch-Pruning: :mod:`~yolo_distill.prune.prepare` (what DepGraph may trace),
-:mod:`~yolo_distill.prune.importance` (how filters are scored), :mod:`~yolo_distill.prune.allocation` (how the
+Pieces kept apart, as in Torch-Pruning: :mod:`~yolo_distill.compress.prepare` (what DepGraph may trace),
+:mod:`~yolo_distill.compress.importance` (how filters are scored), :mod:`~yolo_distill.compress.allocation` (how the
 ratio is spread over layers) and :func:`prune_model` here (one pruning step, to a ratio or a GFLOPs target).
-Files, paths and reports are :mod:`~yolo_distill.prune.checkpoint`'s job.
+Files, paths and reports are :mod:`~yolo_distill.compress.checkpoint`'s job.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from yolo_distill.compress.prepare import fit_attention, merge_csp, split_csp
 from yolo_distill.log import progress
-from yolo_distill.prune.prepare import fit_attention, merge_csp, split_csp
 from yolo_distill.registry import ALLOCATIONS, IMPORTANCE
 
 SCOPES = ("backbone", "all")
@@ -39,7 +39,7 @@ class PruneConfig:
         imgsz: image size for GFLOPs.
         layer_ratios: per-layer channel ratios by layer index (non-uniform allocation, e.g. from a sensitivity
             scan); layers not listed use ``ratio``.
-        allocation: a registered allocation (:mod:`~yolo_distill.prune.allocation`): ``uniform`` (every layer at
+        allocation: a registered allocation (:mod:`~yolo_distill.compress.allocation`): ``uniform`` (every layer at
             ``ratio``), ``global`` (Torch-Pruning's global importance ranking decides how much each layer loses,
             ``ratio`` overall, capped by ``max_layer_ratio``) or ``sensitivity`` (a per-layer prune-and-validate
             scan gives each layer the largest ratio whose mAP drop stays within ``max_drop``; needs data).
@@ -59,12 +59,16 @@ class PruneConfig:
     max_drop: float = 0.02
 
     def __post_init__(self) -> None:
+        num = (int, float)
         if self.gflops is not None:
-            if not self.gflops > 0:
-                raise ValueError(f"gflops must be > 0, got {self.gflops}")
+            if isinstance(self.gflops, bool) or not isinstance(self.gflops, num) or not self.gflops > 0:
+                raise ValueError(f"gflops={self.gflops!r} is not valid: expected a number > 0")
             self.ratio = None
-        elif self.ratio is None or not 0 < float(self.ratio) < 1:
-            raise ValueError(f"ratio must be in (0, 1), got {self.ratio}; e.g. ratio=0.5 removes half the channels")
+        elif isinstance(self.ratio, bool) or not isinstance(self.ratio, num) or not 0 < float(self.ratio) < 1:
+            raise ValueError(
+                f"ratio={self.ratio!r} is not valid: expected a number in (0, 1); e.g. ratio=0.5 removes half the "
+                f"channels"
+            )
         if self.method not in IMPORTANCE:
             raise ValueError(f"method {self.method!r} is not one of {tuple(IMPORTANCE.names())}")
         if self.allocation not in ALLOCATIONS:
@@ -73,10 +77,12 @@ class PruneConfig:
             raise ValueError(f"max_drop must be in [0, 1) (an mAP50-95 drop), got {self.max_drop}")
         if self.scope not in SCOPES:
             raise ValueError(f"scope {self.scope!r} is not one of {SCOPES}")
-        if not 0 < self.max_layer_ratio < 1:
-            raise ValueError(f"max_layer_ratio must be in (0, 1), got {self.max_layer_ratio}")
-        if self.round_to < 1:
-            raise ValueError(f"round_to must be >= 1, got {self.round_to}")
+        if not isinstance(self.max_layer_ratio, num) or not 0 < self.max_layer_ratio < 1:
+            raise ValueError(f"max_layer_ratio={self.max_layer_ratio!r} is not valid: expected a number in (0, 1)")
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
+            raise ValueError(f"round_to={self.round_to!r} is not valid: expected an integer >= 1")
+        if not isinstance(self.layer_ratios, dict):
+            raise ValueError(f"layer_ratios={self.layer_ratios!r} is not valid: expected a mapping {{layer: ratio}}")
         self.layer_ratios = {int(k): float(v) for k, v in self.layer_ratios.items()}
         bad = {k: v for k, v in self.layer_ratios.items() if not 0 <= v < 1}
         if bad:
@@ -262,7 +268,7 @@ def prune_model(
         raise ValueError(f"only detection models can be pruned, got a {type(model).__name__}")
     n_backbone = len((getattr(model, "yaml", None) or {}).get("backbone", [])) or len(model.model) // 2
     before = model_stats(model, cfg.imgsz)
-    from yolo_distill.prune.importance import NEEDS_BATCHES
+    from yolo_distill.compress.importance import NEEDS_BATCHES
 
     tb = _taylor_batches(data, 64, batches) if cfg.method in NEEDS_BATCHES else []
     ctx = PlanContext(n_backbone, tb, data, out_dir)

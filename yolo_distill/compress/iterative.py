@@ -8,10 +8,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from yolo_distill.checkpoints import load_model, write_text_atomic
+from yolo_distill.compress.checkpoint import prune_checkpoint
+from yolo_distill.compress.pruner import model_stats
 from yolo_distill.config import find_recipe, from_dict, load_yaml
 from yolo_distill.log import LOGGER, table
-from yolo_distill.prune.checkpoint import prune_checkpoint
-from yolo_distill.prune.pruner import model_stats
 
 
 @dataclass

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from torch import nn
 
-from yolo_distill.evaluate import evaluate
+from yolo_distill.compress.pruner import PruneConfig, prune_model
+from yolo_distill.evaluation import evaluate
 from yolo_distill.log import progress
-from yolo_distill.prune.pruner import PruneConfig, prune_model
 
 
 def _map(model: nn.Module, data: str, imgsz: int) -> float:

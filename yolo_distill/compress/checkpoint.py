@@ -1,7 +1,7 @@
 """The pruning workflow for checkpoints: check the request, plan the outputs, prune, validate, write, report.
 
 Everything is checked before any file is written; the source checkpoint is only read. The algorithm itself is
-:func:`yolo_distill.prune.pruner.prune_model`.
+:func:`yolo_distill.compress.pruner.prune_model`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ import torch
 from torch import nn
 
 from yolo_distill.checkpoints import load_model, save_stock_checkpoint, write_text_atomic
-from yolo_distill.evaluate import evaluate
+from yolo_distill.compress.pruner import PruneConfig, prune_model
+from yolo_distill.config import require, require_int
+from yolo_distill.data.builtin import require_data
+from yolo_distill.evaluation import evaluate
 from yolo_distill.log import LOGGER, table
-from yolo_distill.prune.pruner import PruneConfig, prune_model
 
 
 def report_path(out: Path) -> Path:
@@ -46,10 +48,25 @@ def _protect_list(protect: list | str | int | None) -> list[int | str]:
     return list(protect or [])
 
 
+def _gflops_target(gflops: float | str | None, net: nn.Module, imgsz: int) -> float | None:
+    """``gflops=`` as a number: ``10.5`` as given, ``"0.5x"`` as that fraction of the source's GFLOPs at ``imgsz``."""
+    from yolo_distill.compress.pruner import model_stats
+
+    if not isinstance(gflops, str):
+        return gflops
+    expected = "a number of GFLOPs (gflops=10.5) or a fraction of the source's (gflops=0.5x)"
+    try:
+        frac = float(gflops.strip().removesuffix("x").removesuffix("X"))
+    except ValueError:
+        frac = -1.0
+    require(gflops.strip()[-1:] in ("x", "X") and 0 < frac < 1, "gflops", gflops, expected)
+    return frac * model_stats(net, imgsz)["gflops"]
+
+
 def prune_checkpoint(
     model: str,
     ratio: float | None = 0.5,
-    gflops: float | None = None,
+    gflops: float | str | None = None,
     method: str = "l1",
     scope: str = "all",
     data: str | None = None,
@@ -71,8 +88,8 @@ def prune_checkpoint(
     Args:
         model: the source ``*.pt``.
         ratio: channel ratio removed per layer, in (0, 1) (ignored when ``gflops`` is given).
-        gflops: GFLOPs target at ``imgsz``.
-        method: importance criterion: ``l1``, ``l2``, ``bn`` or ``taylor`` (:mod:`~yolo_distill.prune.importance`).
+        gflops: GFLOPs target at ``imgsz``: a number, or a fraction of the source's GFLOPs written ``"0.5x"``.
+        method: importance criterion: ``l1``, ``l2``, ``bn`` or ``taylor`` (:mod:`~yolo_distill.compress.importance`).
         scope: ``backbone`` or ``all``.
         data: data YAML (for ``taylor``, ``allocation=sensitivity``, and mAP before/after with ``val=True``).
         out: output path (default: ``<model>_pruned.pt``); never overwritten.
@@ -92,6 +109,13 @@ def prune_checkpoint(
         The report (also logged as a table and written as JSON).
     """
     src = Path(model)
+    require_int("imgsz", imgsz, 32)
+    require_int("batches", batches, 1)
+    require(isinstance(val, bool), "val", val, "true or false")
+    if data is not None:
+        data = require_data(data)
+    net = load_model(src)
+    gflops = _gflops_target(gflops, net, imgsz)
     cfg = PruneConfig(ratio=ratio, gflops=gflops, method=method, scope=scope, round_to=round_to,
                       max_layer_ratio=max_layer_ratio, protect=_protect_list(protect), imgsz=imgsz,
                       layer_ratios=dict(layer_ratios or {}), allocation=allocation, max_drop=max_drop)  # fmt: skip
@@ -100,7 +124,6 @@ def prune_checkpoint(
     if val and not data:
         raise ValueError("val=True needs data= (the mAP before and after pruning is measured on its val split)")
     dst, rep_path = _outputs(src, out)
-    net = load_model(src)
     ckpt = torch.load(src, map_location="cpu", weights_only=False)
     already = ckpt.get("prune_report") if isinstance(ckpt, dict) else None
     pruned, report = prune_model(net, cfg, data=data, batches=batches, out_dir=dst.parent / f"{dst.stem}_sensitivity")

@@ -15,11 +15,13 @@ import numpy as np
 from torch import nn
 
 from yolo_distill.checkpoints import load_model, write_text_atomic
+from yolo_distill.config import require, require_int
+from yolo_distill.data.builtin import require_data
 from yolo_distill.data.images import dataset_images, letterbox_images
-from yolo_distill.evaluate import evaluate
-from yolo_distill.export.latency import time_onnx, time_torch
-from yolo_distill.export.parity import Parity, ParityError, check_parity
-from yolo_distill.export.quantize import quantize_int8
+from yolo_distill.deploy.latency import time_onnx, time_torch
+from yolo_distill.deploy.parity import Parity, ParityError, check_parity
+from yolo_distill.deploy.quantize import CALIBRATION, quantize_int8
+from yolo_distill.evaluation import evaluate
 from yolo_distill.log import LOGGER, table
 
 __all__ = ["ExportReport", "Parity", "ParityError", "check_parity", "export_checkpoint"]
@@ -97,6 +99,15 @@ def export_checkpoint(
         )
     if int8 and half:
         raise ValueError("int8=True and half=True are exclusive (INT8 is calibrated from the FP32 model); export twice")
+    for key, value, low in (("imgsz", imgsz, 32), ("threads", threads, 1), ("runs", runs, 1),
+                            ("calib_images", calib_images, 1), ("parity_images", parity_images, 1)):  # fmt: skip
+        require_int(key, value, low)
+    require(calib_method in CALIBRATION, "calib_method", calib_method, f"one of {CALIBRATION}")
+    require(opset is None or (isinstance(opset, int) and opset >= 11), "opset", opset, "an ONNX opset >= 11")
+    for key, value in (("score_tol", score_tol), ("box_tol", box_tol)):
+        require(value is None or (isinstance(value, (int, float)) and value >= 0), key, value, "a number >= 0")
+    if data is not None:
+        data = require_data(data)
     ckpt = Path(model)
     net = load_model(ckpt)  # clear errors for missing / corrupt / non-.pt files
     if type(net).__name__ != "DetectionModel":
@@ -162,14 +173,24 @@ def _plan_outputs(ckpt: Path, int8: bool, overwrite: bool) -> tuple[Path, Path, 
 
 def _export_onnx(ckpt: Path, out: Path, imgsz: int, dynamic: bool, opset: int | None, simplify: bool,
                  half: bool) -> Path:  # fmt: skip
-    """Ultralytics' ONNX exporter, its output moved to ``out``."""
+    """Ultralytics' ONNX exporter, run on a copy of the checkpoint in a hidden folder beside it, its output then
+    renamed to ``out``: a kill at any moment leaves no torn file at ``out``, and nothing else beside the checkpoint."""
+    import shutil
+
     from ultralytics import YOLO
 
-    fp16 = {"quantize": 16} if half else {}
-    exported = Path(YOLO(str(ckpt)).export(format="onnx", imgsz=imgsz, dynamic=dynamic, opset=opset,
-                                           simplify=simplify, device="cpu", **fp16))  # fmt: skip
-    if exported != out:
+    work = out.parent / f".{out.stem}.exporting"
+    shutil.rmtree(work, ignore_errors=True)  # our own leftover of a killed export
+    work.mkdir(parents=True)
+    try:
+        copy = work / ckpt.name
+        shutil.copy2(ckpt, copy)
+        fp16 = {"quantize": 16} if half else {}
+        exported = Path(YOLO(str(copy)).export(format="onnx", imgsz=imgsz, dynamic=dynamic, opset=opset,
+                                               simplify=simplify, device="cpu", **fp16))  # fmt: skip
         exported.replace(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return out
 
 

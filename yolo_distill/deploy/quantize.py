@@ -82,7 +82,8 @@ def quantize_int8(
         raise FileExistsError(f"{dst} already exists; pass overwrite=True or move it away")
     if len(calib) == 0:
         raise ValueError("no calibration images: INT8 needs a few dozen images from the dataset")
-    pre = dst.with_name(dst.stem + "_pre.onnx")
+    pre = dst.with_name(f".{dst.stem}_pre.onnx")
+    part = dst.with_name(f".{dst.stem}.partial.onnx")  # renamed to dst once complete: never a torn dst
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}  # fmt: skip
     try:
@@ -93,7 +94,7 @@ def quantize_int8(
         def run(m: str) -> None:
             quantize_static(
                 str(pre),
-                str(dst),
+                str(part),
                 _Reader(name, calib),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
@@ -111,11 +112,13 @@ def quantize_int8(
             log.warning("yolo_distill: %s calibration failed (%s); using minmax", method, e)
             method = "minmax"
             run(method)
+        # keep Ultralytics' metadata (names, stride, imgsz) so YOLO("x_int8.onnx") can run and validate it
+        fp32, q = onnx.load(str(src)), onnx.load(str(part))
+        del q.metadata_props[:]
+        q.metadata_props.extend(fp32.metadata_props)
+        onnx.save(q, str(part))
+        part.replace(dst)
     finally:
         pre.unlink(missing_ok=True)
-    # keep Ultralytics' metadata (names, stride, imgsz) so YOLO("x_int8.onnx") can run and validate it
-    fp32, q = onnx.load(str(src)), onnx.load(str(dst))
-    del q.metadata_props[:]
-    q.metadata_props.extend(fp32.metadata_props)
-    onnx.save(q, str(dst))
+        part.unlink(missing_ok=True)
     return method
