@@ -94,10 +94,12 @@ def test_step_cost_table_has_all_configs(ckpt_factory, capsys):
     from yolo_distill.log import to_stdout
 
     to_stdout(verbose=True)
-    res = measure(student="yolo11n.yaml", teacher=str(ckpt_factory("yolo11s.yaml")), imgsz=64, batch=2, steps=1,
+    res = measure(student="yolo11n.yaml", teacher=str(ckpt_factory("yolo11s.yaml")), imgsz=128, batch=2, steps=3,
                   memory=False)  # fmt: skip
     assert all(res[c]["median_s"] > 0 for c in ("plain", "ours", "native"))
-    assert res["ours_vs_native_time"] > 0 and "ours / native" in capsys.readouterr().out
+    assert res["ours_vs_native_time"] == pytest.approx(res["ours"]["median_s"] / res["native"]["median_s"])
+    assert res["ours_vs_plain_time"] > 1.0, f"a KD step adds a YOLO11s forward to a YOLO11n step: {res}"
+    assert "ours / native" in capsys.readouterr().out
 
 
 def test_cache_key_follows_what_the_row_computes(monkeypatch):
@@ -357,3 +359,32 @@ def test_cached_results_outlive_their_run_folders(tmp_path, monkeypatch):
     recipe.write_text(recipe.read_text() + new_row)
     runner.run_bench(str(recipe), out=str(tmp_path / "b"), only="kd_ld")
     assert calls == ["teacher", "kd_ld"], f"kd_ld needs the teacher's checkpoint, which is gone: {calls}"
+
+
+def test_dry_run_resolves_every_shipped_recipe_and_writes_nothing(tmp_path, monkeypatch):
+    """Every shipped bench recipe, coco and coco-gpu included, resolves: models, recipes, devices, references and
+    cache keys (the same keys a real run uses); what this machine lacks is listed, not fatal; nothing is written."""
+    import torch
+
+    from yolo_distill.config import CONFIG_ROOT
+
+    monkeypatch.chdir(tmp_path)
+    for path in sorted((CONFIG_ROOT / "bench").glob("*.yaml")):
+        res = runner.run_bench(str(path), dry_run=True)
+        spec = load_bench_recipe(path)
+        assert {r["name"] for r in res["rows"]} == {r.name for r in spec.rows}, path.name
+        if path.stem.startswith("coco"):
+            assert any("yolo11l.pt" in m for m in res["missing"]), res["missing"]
+            assert any("CUDA" in m for m in res["missing"]) != torch.cuda.is_available(), res["missing"]
+    assert list(tmp_path.iterdir()) == [], "a dry run writes nothing"
+    # the keys are the keys of a real run: every finished cpu-small result is found under its dry-run key
+    from yolo_distill.bench.cache import load
+
+    keys = {r["key"] for r in runner.run_bench("cpu-small", dry_run=True)["rows"]}
+    assert set(load(CONFIG_ROOT.parent / "bench" / "cpu-small" / "results.json")) <= keys
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("device: gpu9\nrows:\n  - {name: a, kind: train, model: nope.yaml, teacher: x.pt, recipe: nope}\n"
+                   "  - {name: p, kind: prune, from: '@a', method: nope}\n")  # fmt: skip
+    with pytest.raises(ValueError, match=r"(?s)4 problem\(s\).*gpu9.*nope\.yaml.*recipe=nope.*method='nope'"):
+        runner.run_bench(str(bad), dry_run=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]

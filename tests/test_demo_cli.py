@@ -14,7 +14,7 @@ from yolo_distill.data.shapes import ShapesSpec, generate_shapes, render_image
 
 
 def test_mini_demo_runs_every_stage(tmp_path, tiny_data, capsys):
-    from yolo_distill.api import demo as run_demo
+    from yolo_distill.api import run_demo
     from yolo_distill.log import to_stdout
 
     to_stdout(verbose=True)
@@ -50,14 +50,14 @@ def test_unknown_key_lists_valid_keys(capsys):
 
 def test_missing_weights_name_a_local_path(capsys):
     rc = main(["train", "model=yolo11s.pt", "data=shapes-tiny"])
-    assert rc == 1 and "never downloads weights" in capsys.readouterr().err
+    assert rc == 2 and "never downloads weights" in capsys.readouterr().err
 
 
 def test_bench_failed_rows_end_in_a_message_not_a_traceback(monkeypatch):
     def failing(recipe: str, jobs: int = 1):
         raise RuntimeError("bench rows did not finish: bad (exit code 1: ...; log b/logs/bad.log)")
 
-    monkeypatch.setattr("yolo_distill.api.bench", failing)
+    monkeypatch.setattr("yolo_distill.api.run_bench", failing)
     with pytest.raises(SystemExit, match=r"yolo-distill bench: bench rows did not finish: bad .*bad\.log"):
         main(["bench", "recipe=mini", "jobs=2"])
 
@@ -69,8 +69,15 @@ def test_parse_kv_reads_yaml_scalars():
 
 
 def test_console_script_runs():
-    out = subprocess.run([sys.executable, "-m", "yolo_distill.cli", "--help"], capture_output=True, text=True)
+    """The installed ``yolo-distill`` entry point (not ``python -m``) runs a command end to end."""
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "yolo-distill"
+    assert exe.is_file(), f"the console script is not installed beside {sys.executable}"
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "commands:" in out.stdout
+    out = subprocess.run([str(exe), "prune", "model=missing.pt"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "never downloads weights" in out.stderr, out.stderr
 
 
 def test_generator_is_deterministic_and_varied(tmp_path):

@@ -36,4 +36,5 @@ def test_teacher_beats_untrained_student_on_shapes(tmp_path):
 
     data = resolve_data("shapes", root=Path(__file__).parent.parent / "datasets")
     m = YOLO(str(SHIPPED_TEACHER)).val(data=data, imgsz=256, batch=16, plots=False, verbose=False)
-    assert m.box.map > 0.1, f"teacher mAP50-95 {m.box.map}"
+    untrained = YOLO("yolo11s.yaml").val(data=data, imgsz=256, batch=16, plots=False, verbose=False)
+    assert m.box.map > 0.1 and m.box.map > 10 * untrained.box.map, (m.box.map, untrained.box.map)
