@@ -313,6 +313,27 @@ def test_box_kd_term_reaches_the_student_and_never_the_teacher(ckpt_factory, fam
     assert all(p.grad is None for p in teacher.parameters()), "a gradient reached the frozen teacher"
 
 
+def test_attention_across_widths_gets_a_connector_and_its_channel_part(ckpt_factory):
+    """An s -> n pair (the bench's): the attention term's channel part runs through a 1x1 connector; with
+    connector: none the recipe refuses the pair before training."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_distill.config import load_distill_recipe
+    from yolo_distill.distill.connectors import ConvConnector
+    from yolo_distill.distill.criterion import DistillContext
+    from yolo_distill.distill.teacher import load_teacher
+
+    student = DetectionModel("yolo11n.yaml", nc=8, verbose=False)
+    teacher = load_teacher(ckpt_factory("yolo11s.yaml"))
+    ctx = DistillContext(teacher, student, load_distill_recipe("attention"))
+    assert ctx.connectors and all(isinstance(c, ConvConnector) for c in ctx.connectors.values())
+    student.train()
+    vec, items = ctx.compute(student(torch.rand(2, 3, 64, 64)), {"img": torch.rand(2, 3, 64, 64)})
+    assert float(items["kd_att"]) > 0
+    with pytest.raises(ValueError, match="connector 'none' needs equal channels"):
+        DistillContext(teacher, student, load_distill_recipe({"losses": [{"name": "attention", "connector": "none"}]}))
+
+
 def test_nan_kd_term_is_reported_by_name(ckpt_factory):
     from ultralytics.nn.tasks import DetectionModel
 

@@ -115,10 +115,19 @@ def test_cwd_reference():
     assert torch.allclose(LOSSES.get("cwd")(tau=tau)(s, t), ref, atol=1e-5)
 
 
-def test_attention_works_across_channel_counts():
+def test_attention_is_never_silently_spatial_only():
+    """Across widths the channel part needs matched channels (the context gives it a connector); unmatched it
+    refuses, and only channel_weight=0 asks for the spatial part alone."""
     g = torch.Generator().manual_seed(8)
     s, t = torch.randn(2, 4, 6, 6, generator=g), torch.randn(2, 16, 6, 6, generator=g)
-    assert LOSSES.get("attention")()(s, t).item() > 0
+    att = LOSSES.get("attention")()
+    assert att.needs_same_channels
+    with pytest.raises(ValueError, match="channel part needs equal channels"):
+        att(s, t)
+    spatial = LOSSES.get("attention")(channel_weight=0)
+    assert not spatial.needs_same_channels and spatial(s, t).item() > 0
+    s16 = torch.randn(2, 16, 6, 6, generator=g)
+    assert att(s16, t).item() > spatial(s16, t).item(), "the channel part adds to the spatial part"
 
 
 def test_registry_rejects_unknown_and_duplicate_names():
