@@ -334,6 +334,41 @@ def test_attention_across_widths_gets_a_connector_and_its_channel_part(ckpt_fact
         DistillContext(teacher, student, load_distill_recipe({"losses": [{"name": "attention", "connector": "none"}]}))
 
 
+def test_alpha_balances_detection_and_kd_as_hinton(ckpt_factory):
+    """loss = alpha * L_det + (1 - alpha) * KD; unset, L_det + KD as before; outside [0, 1] refused."""
+    from ultralytics.cfg import get_cfg
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_distill.config import load_distill_recipe
+    from yolo_distill.distill.criterion import DistillationCriterion, DistillContext
+    from yolo_distill.distill.teacher import load_teacher
+
+    student = DetectionModel("yolo11n.yaml", nc=8, verbose=False)
+    student.args = get_cfg()
+    teacher = load_teacher(ckpt_factory("yolo11s.yaml"))
+    boxes = torch.tensor([[0.5, 0.5, 0.3, 0.3], [0.4, 0.4, 0.2, 0.2]])
+    batch = {"img": torch.rand(2, 3, 64, 64), "batch_idx": torch.tensor([0.0, 1.0]),
+             "cls": torch.tensor([[1.0], [2.0]]), "bboxes": boxes}  # fmt: skip
+    student.train()
+    preds = student(batch["img"])
+
+    def loss(alpha):
+        recipe = {"losses": [{"name": "binary_kd", "params": {"normalize": "mean"}}]}
+        recipe |= {} if alpha is None else {"alpha": alpha}
+        ctx = DistillContext(teacher, student, load_distill_recipe(recipe))
+        return DistillationCriterion(student.init_criterion(), ctx)(preds, batch)[0].detach()
+
+    plain = loss(None)
+    assert plain[-1] > 0 and plain[:-1].sum() > 0
+    for a in (1.0, 0.25, 0.0):
+        got = loss(a)
+        assert torch.allclose(got[:-1], a * plain[:-1], rtol=1e-5), (a, got, plain)
+        assert torch.allclose(got[-1], (1 - a) * plain[-1], rtol=1e-5), (a, got, plain)
+    with pytest.raises(ValueError, match=r"alpha=1.5 is not valid: expected a number in \[0, 1\]"):
+        load_distill_recipe({"losses": [{"name": "binary_kd"}], "alpha": 1.5})
+    assert "alpha" not in load_distill_recipe("default").to_dict(), "unset alpha leaves recipes and cache keys alone"
+
+
 def test_nan_kd_term_is_reported_by_name(ckpt_factory):
     from ultralytics.nn.tasks import DetectionModel
 

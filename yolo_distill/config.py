@@ -130,6 +130,8 @@ class DistillRecipe:
             or ``both``.
         mode: ``offline`` (frozen teacher) or ``online`` (deep mutual learning: the teacher trains alongside the
             student, with its own detection loss plus the output-level terms distilled back from the student).
+        alpha: the soft-label balance of Hinton et al.: loss = alpha * L_det + (1 - alpha) * sum_i w_i * L_kd_i,
+            in [0, 1]; unset (the default): loss = L_det + sum_i w_i * L_kd_i.
         description: free text shown in logs.
     """
 
@@ -137,9 +139,17 @@ class DistillRecipe:
     schedule: Schedule = field(default_factory=Schedule)
     branch: str = "one2many"
     mode: str = "offline"
+    alpha: float | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
+        if self.alpha is not None and (
+            isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1
+        ):
+            raise ValueError(
+                f"alpha={self.alpha!r} is not valid: expected a number in [0, 1] (loss = alpha * L_det + "
+                f"(1 - alpha) * KD), or leave it out for L_det + KD"
+            )
         if self.branch not in ("one2many", "both"):
             raise ValueError(f"branch must be 'one2many' or 'both', got {self.branch!r}")
         if self.mode not in ("offline", "online"):
@@ -171,12 +181,14 @@ class DistillRecipe:
     def to_dict(self) -> dict[str, Any]:
         """Plain data (builtins only), safe to store in Ultralytics' args and checkpoints.
 
-        ``schedule.stop_at_teacher`` appears only when on, so the plain form of a recipe that does not use it (and
-        with it the benchmark's cache key of rows that ran before the option existed) stays as it was.
+        ``schedule.stop_at_teacher`` and ``alpha`` appear only when set, so the plain form of a recipe that does not
+        use them (and with it the benchmark's cache key of rows that ran before they existed) stays as it was.
         """
         data = dataclasses.asdict(self)
         if not data["schedule"]["stop_at_teacher"]:
             del data["schedule"]["stop_at_teacher"]
+        if data["alpha"] is None:
+            del data["alpha"]
         return data
 
 

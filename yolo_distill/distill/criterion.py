@@ -197,6 +197,8 @@ class DistillContext:
                 values.append(v / len(pairs))
         vec = torch.stack(values) if values else img.new_zeros(0, dtype=torch.float32)
         weights = torch.tensor([t.weight for t, _ in self.terms], device=vec.device) * self.factor
+        if self.recipe.alpha is not None:  # Hinton's balance: the KD side gets (1 - alpha), the detection side alpha
+            weights = weights * (1.0 - self.recipe.alpha)
         vec = vec * weights
         if self.online:
             vec = torch.cat([vec, self._teacher_losses(t_preds, t_br_live["main"], s_br["main"], batch)])
@@ -269,6 +271,8 @@ class DistillationCriterion:
 
     def __call__(self, preds, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss, items = self.det(preds, batch)
+        if self.ctx.recipe.alpha is not None:
+            loss = loss * self.ctx.recipe.alpha
         kd, kd_items = self.ctx.compute(preds, batch)
         bs = batch["img"].shape[0]
         return torch.cat([loss.view(-1), (kd * bs).to(loss.dtype)]), {**items, **kd_items}
