@@ -203,6 +203,37 @@ def test_resume_restores_teacher_recipe_and_connectors(tmp_path, tiny_data, ckpt
     )
 
 
+def test_resume_keeps_the_stop_at_teacher_decision(tmp_path, tiny_data, ckpt_factory, monkeypatch):
+    """Killed after the epoch in which the student passed the teacher: the resumed run starts with KD off and the
+    teacher's measured mAP, and does not measure the teacher again."""
+    from tests.conftest import SHIPPED_TEACHER
+
+    class Killed(Exception):
+        pass
+
+    def kill(trainer):
+        raise Killed
+
+    recipe = {"losses": [{"name": "binary_kd", "weight": 1.0}], "schedule": {"stop_at_teacher": True}}
+    args = {**train_args(tmp_path, epochs=2), "imgsz": 128}
+    tr = DistillationTrainer(overrides=dict(model=str(SHIPPED_TEACHER), data=str(tiny_data), distill=recipe,
+                                            teacher=str(ckpt_factory("yolo11s.yaml")), **args))  # fmt: skip
+    tr.add_callback("on_fit_epoch_end", kill)
+    with pytest.raises(Killed):
+        tr.train()
+    assert tr.distill.stopped and tr.distill.teacher_map == 0.0
+    measured = []
+    monkeypatch.setattr(DistillationTrainer, "_teacher_map", lambda self: measured.append(1) or 1.0)
+    resumed = DistillationTrainer(overrides=dict(resume=str(tr.save_dir / "weights" / "last.pt")))
+    at_start = {}
+    resumed.add_callback("on_pretrain_routine_end", lambda t: at_start.update(stopped=t.distill.stopped,
+                                                                                  teacher_map=t.distill.teacher_map))
+    resumed.train()
+    assert at_start == {"stopped": True, "teacher_map": 0.0}, at_start
+    assert measured == [], "the teacher was measured again after resume"
+    assert float(_rows(resumed.save_dir)[1]["train/kd_bkd"]) == 0
+
+
 def test_pruned_like_checkpoint_is_not_reinflated(tmp_path, tiny_data, ckpt_factory):
     """A *.pt student is trained as the module it is (Ultralytics would rebuild it from its YAML)."""
     from ultralytics.nn.tasks import load_checkpoint

@@ -151,6 +151,10 @@ class DistillationTrainer(DetectionTrainer):
                 self.distill.connectors.load_state_dict(state["connectors"])
                 if state.get("teacher") is not None:
                     self.distill.teacher.load_state_dict(state["teacher"])
+                if state.get("teacher_map") is not None:  # schedule.stop_at_teacher: measured once, decided once
+                    self.distill.teacher_map = float(state["teacher_map"])
+                    self.distill.stopped = bool(state.get("stopped", False))
+                    self._teacher_measured = True
                 log.info("yolo_distill: restored distillation state from %s", f)
         if self.recipe.schedule.stop_at_teacher and not self.args.val:
             log.warning(
@@ -289,14 +293,19 @@ def _detach_student_recorders(trainer: DistillationTrainer) -> None:
 
 
 def _save_state(trainer: DistillationTrainer) -> None:
+    """``distill_state.pt``: connector values, the online teacher, and the stop_at_teacher decision, for resume."""
     ctx = trainer.distill
-    if ctx is None or not (len(ctx.connectors) or ctx.online):
+    if ctx is None or not (len(ctx.connectors) or ctx.online or trainer.recipe.schedule.stop_at_teacher):
         return
-    state = {"connectors": ctx.connectors.state_dict(), "teacher": ctx.teacher.state_dict() if ctx.online else None}
-    torch.save(state, trainer.wdir / STATE_FILE)
+    state = {"connectors": ctx.connectors.state_dict(), "teacher": ctx.teacher.state_dict() if ctx.online else None,
+             "teacher_map": ctx.teacher_map, "stopped": ctx.stopped}  # fmt: skip
+    tmp = trainer.wdir / f".{STATE_FILE}.partial"
+    torch.save(state, tmp)
+    tmp.replace(trainer.wdir / STATE_FILE)
     if ctx.online:  # the co-trained teacher is a model of its own: a stock checkpoint beside the student's
         from yolo_distill.checkpoints import save_stock_checkpoint
 
-        out = trainer.wdir / "teacher_last.pt"
-        out.unlink(missing_ok=True)  # this run's own file, rewritten every epoch
-        save_stock_checkpoint(ctx.teacher, out, train_args={"data": trainer.args.data, "imgsz": trainer.args.imgsz})
+        out, part = trainer.wdir / "teacher_last.pt", trainer.wdir / "teacher_last.pt.partial"
+        part.unlink(missing_ok=True)
+        save_stock_checkpoint(ctx.teacher, part, train_args={"data": trainer.args.data, "imgsz": trainer.args.imgsz})
+        part.replace(out)  # this run's own file, rewritten every epoch, never missing or torn
