@@ -10,11 +10,13 @@ from torch import nn
 from yolo_distill.offline import resolve_weights
 
 
-def load_teacher(teacher: str | Path | nn.Module) -> nn.Module:
+def load_teacher(teacher: str | Path | nn.Module, nc: int | None = None, names: dict | None = None) -> nn.Module:
     """Load a frozen detection teacher from a checkpoint (or a model YAML, untrained: tests and online KD).
 
     Args:
         teacher: a ``*.pt`` checkpoint, a ``*.yaml`` model definition, or a model.
+        nc: for a ``*.yaml``: the number of classes (default: the YAML's).
+        names: for a ``*.yaml``: the class names (e.g. the data's).
 
     Returns:
         The model in eval mode with gradients off.
@@ -36,7 +38,9 @@ def load_teacher(teacher: str | Path | nn.Module) -> nn.Module:
         else:
             from ultralytics.nn.tasks import DetectionModel
 
-            model = DetectionModel(src, verbose=False)
+            model = DetectionModel(src, nc=nc, verbose=False)
+            if names is not None:
+                model.names = dict(enumerate(names)) if isinstance(names, (list, tuple)) else dict(names)
     model = model.float().eval()
     for p in model.parameters():
         p.requires_grad_(False)

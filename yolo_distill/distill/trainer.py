@@ -136,7 +136,12 @@ class DistillationTrainer(DetectionTrainer):
         if self._teacher_src is None:
             return
         student = unwrap_model(self.model)
-        teacher = load_teacher(self._teacher_src).to(self.device)
+        online_yaml = self.recipe.mode == "online" and str(self._teacher_src).endswith((".yaml", ".yml"))
+        if online_yaml:  # a teacher trained from scratch alongside the student: this data's classes
+            teacher = load_teacher(self._teacher_src, nc=int(self.data["nc"]), names=self.data["names"])
+        else:
+            teacher = load_teacher(self._teacher_src)
+        teacher = teacher.to(self.device)
         check_pair(teacher, self.data["names"], student.stride)
         if self.recipe.mode == "online":  # mutual learning: the teacher trains too, with its own detection loss
             for p in teacher.parameters():
@@ -172,13 +177,26 @@ class DistillationTrainer(DetectionTrainer):
             )
 
     def build_optimizer(self, model: nn.Module, *args: Any, **kwargs: Any):
-        """Ultralytics' optimizer, plus the connectors' parameters as their own group (no weight decay)."""
+        """Ultralytics' optimizer, plus the connectors' parameters as their own group (no weight decay) and, online,
+        the co-trained teacher's (weights with the student's weight decay, BN and biases without), so the teacher
+        really trains; Ultralytics' warm-up and LR schedule then drive every group alike."""
         optimizer = super().build_optimizer(model, *args, **kwargs)
-        if self.distill is not None and len(list(self.distill.connectors.parameters())):
-            lr = optimizer.param_groups[0]["lr"]
+        if self.distill is None:
+            return optimizer
+        lr = optimizer.param_groups[0]["lr"]
+        if len(list(self.distill.connectors.parameters())):
             optimizer.add_param_group(
                 {"params": list(self.distill.connectors.parameters()), "weight_decay": 0.0, "lr": lr}
             )
+        if self.distill.online:
+            decay, no_decay = [], []
+            for module in self.distill.teacher.modules():
+                for name, p in module.named_parameters(recurse=False):
+                    is_weight = name == "weight" and not isinstance(module, (nn.BatchNorm2d, nn.LayerNorm))
+                    (decay if is_weight else no_decay).append(p)
+            wd = optimizer.param_groups[0].get("weight_decay", 0.0)
+            optimizer.add_param_group({"params": decay, "weight_decay": wd, "lr": lr})
+            optimizer.add_param_group({"params": no_decay, "weight_decay": 0.0, "lr": lr})
         return optimizer
 
     def get_validator(self):
