@@ -400,6 +400,33 @@ def test_alpha_balances_detection_and_kd_as_hinton(ckpt_factory):
     assert "alpha" not in load_distill_recipe("default").to_dict(), "unset alpha leaves recipes and cache keys alone"
 
 
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_fused_teacher_gives_the_same_outputs_and_keeps_every_branch(ckpt_factory, family):
+    """The frozen teacher is BN-folded (cheaper forward): every head branch (YOLO26's one2many included, which
+    Ultralytics' own fuse() drops) and every neck feature equal the unfused teacher's within 1e-4 (fp32)."""
+    from copy import deepcopy
+
+    from yolo_distill.distill.outputs import head_outputs
+    from yolo_distill.distill.teacher import fuse_teacher, load_teacher
+
+    teacher = load_teacher(ckpt_factory(FAMILIES[family].replace("n.yaml", "s.yaml")))
+    g = torch.Generator().manual_seed(0)
+    for m in teacher.modules():  # trained-like BN statistics, so that folding them is not a no-op
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    fused = fuse_teacher(deepcopy(teacher))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    x = torch.rand(2, 3, 64, 64, generator=g)
+    with torch.inference_mode():
+        ref, got = head_outputs(teacher(x)), head_outputs(fused(x))
+    assert ref.keys() == got.keys()
+    for k in ref:
+        for a, b in [(ref[k].scores, got[k].scores), (ref[k].dist, got[k].dist), *zip(ref[k].feats, got[k].feats)]:
+            assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), (k, (a - b).abs().max())
+
+
 def test_nan_kd_term_is_reported_by_name(ckpt_factory):
     from ultralytics.nn.tasks import DetectionModel
 

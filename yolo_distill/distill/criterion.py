@@ -157,13 +157,20 @@ class DistillContext:
         if self.online:
             self.teacher.train(train_teacher)
         try:
-            with torch.set_grad_enabled(train_teacher):
+            if train_teacher:
                 preds = self.teacher(img.to(_model_dtype(self.teacher)))
-            layers = {name: r.pop() for name, r in recs}
+                return head_outputs(preds), {name: r.pop() for name, r in recs}, preds
+            with torch.inference_mode():  # the frozen teacher: no autograd bookkeeping at all
+                preds = self.teacher(img.to(_model_dtype(self.teacher)))
+                branches = head_outputs(preds)
+                layers = {name: r.pop() for name, r in recs}
         finally:
             for _, r in recs:
                 r.detach()
-        return head_outputs(preds), layers, preds
+        # inference tensors cannot enter the student's autograd graph: plain copies of the (small) outputs do
+        branches = {k: _copied(v) for k, v in branches.items()}
+        layers = {k: [x.clone() for x in v] for k, v in layers.items()}
+        return branches, layers, preds
 
     def compute(self, student_preds, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """All weighted KD terms for one batch (and, online, the teacher's own losses).
@@ -249,6 +256,10 @@ class DistillContext:
 
 def _detached(h: HeadOutput) -> HeadOutput:
     return HeadOutput(scores=h.scores.detach(), dist=h.dist.detach(), feats=[f.detach() for f in h.feats])
+
+
+def _copied(h: HeadOutput) -> HeadOutput:
+    return HeadOutput(scores=h.scores.clone(), dist=h.dist.clone(), feats=[f.clone() for f in h.feats])
 
 
 class DistillationCriterion:

@@ -47,6 +47,36 @@ def load_teacher(teacher: str | Path | nn.Module, nc: int | None = None, names: 
     return model
 
 
+def fuse_teacher(model: nn.Module) -> nn.Module:
+    """Fold every BatchNorm into its convolution (and re-parameterise RepConv / RepVGGDW), in place, as Ultralytics'
+    ``fuse()`` does, but keep all of Detect's branches: ``fuse()`` drops YOLO26's one2many head, which is the one
+    the student distils from. For a frozen teacher only: its outputs stay equal (fp32 rounding) at less cost.
+    """
+    from ultralytics.nn.modules import Conv, Conv2, ConvTranspose, DWConv, RepConv, RepVGGDW
+    from ultralytics.utils.torch_utils import fuse_conv_and_bn, fuse_deconv_and_bn
+
+    for m in model.modules():
+        if isinstance(m, (Conv, Conv2, DWConv)) and hasattr(m, "bn"):
+            if isinstance(m, Conv2):
+                m.fuse_convs()
+            m.conv = fuse_conv_and_bn(m.conv, m.bn)
+            delattr(m, "bn")
+            m.forward = m.forward_fuse
+        elif isinstance(m, ConvTranspose) and hasattr(m, "bn"):
+            m.conv_transpose = fuse_deconv_and_bn(m.conv_transpose, m.bn)
+            delattr(m, "bn")
+            m.forward = m.forward_fuse
+        elif isinstance(m, RepConv) and not hasattr(m, "conv"):
+            m.fuse_convs()
+            m.forward = m.forward_fuse
+        elif isinstance(m, RepVGGDW) and hasattr(m, "conv1"):
+            m.fuse()
+            m.forward = m.forward_fuse
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
 def check_pair(teacher: nn.Module, names: dict[int, str], student_stride: torch.Tensor) -> None:
     """Stop before training when ``teacher`` cannot teach a detector of ``names`` at ``student_stride``.
 

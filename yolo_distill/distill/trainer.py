@@ -28,7 +28,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_distill.config import load_distill_recipe
 from yolo_distill.distill.criterion import DistillationCriterion, DistillContext
-from yolo_distill.distill.teacher import check_pair, load_teacher
+from yolo_distill.distill.teacher import check_pair, fuse_teacher, load_teacher
 from yolo_distill.log import LOGGER as log
 from yolo_distill.offline import ensure_font, resolve_weights
 
@@ -147,6 +147,10 @@ class DistillationTrainer(DetectionTrainer):
             for p in teacher.parameters():
                 p.requires_grad_(True)
             teacher.args = strip_extra(self.args)
+        else:  # frozen: BN folded into the convs, and on a GPU in half precision (its outputs are cast back)
+            teacher = fuse_teacher(teacher)
+            if self.device.type == "cuda":
+                teacher = teacher.half()
         imgsz = int(student.stride.max()) * 2
         self.distill = DistillContext(teacher, student, self.recipe, imgsz=imgsz).to(self.device)
         if self.resume and self.args.resume:
