@@ -21,8 +21,8 @@ def write_report(table: list[dict], out_dir: Path, recipe_name: str) -> Path:
         "teacher, imgsz and batch; measured interleaved).",
         "",
         "| row | params | GFLOPs | mAP50 | mAP50-95 | ONNX ms | INT8 ms | PyTorch ms | train s "
-        "| KD step x plain / x native | seeds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| KD step x plain / x native | seeds | last.pt mAP50-95 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     summary = []
     for n in names:
@@ -49,9 +49,17 @@ def _row_line(n: str, rs: list[dict]) -> tuple[str, tuple]:
     line = (
         f"| {n} | {r0['params']:,} | {r0['gflops']:.2f} | {statistics.fmean(r['map50'] for r in rs):.4f} | "
         f"{mean:.4f}{spread} | {r0['onnx_ms']:.2f} | {int8} | {pt} | {secs:.0f} | {kd} "
-        f"| {len(rs)} |"
+        f"| {len(rs)} | {_last(rs)} |"
     )
     return line, (n, r0["gflops"], r0["onnx_ms"], mean, r0.get("curve", []))
+
+
+def _last(rs: list[dict]) -> str:
+    """Mean (and spread) of last.pt's mAP50-95 over the seeds that measured it; ``-`` for rows from before."""
+    vals = [r["last_map50_95"] for r in rs if r.get("last_map50_95") is not None]
+    if not vals:
+        return "-"
+    return f"{statistics.fmean(vals):.4f}" + (f" ± {statistics.stdev(vals):.4f}" if len(vals) > 1 else "")
 
 
 def _onnx_lines(names: list[str], table: list[dict]) -> list[str]:

@@ -102,6 +102,10 @@ def run_row(row: Row, s: dict, done: dict[str, dict], out: Path) -> dict:
             rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(f)]
         res["curve"] = [float(r["metrics/mAP50-95(B)"]) for r in rows]
         res["train_seconds"] = float(rows[-1]["time"])
+        last = run_dir / "weights" / "last.pt"  # what a user gets at the end of training, beside the best epoch
+        if last.is_file():
+            m_last = evaluate(last, s["data"], imgsz=common["imgsz"], batch=common["batch"], device=common["device"])
+            res["last_map50_95"] = m_last["map50_95"]
     else:
         res["checkpoint"] = model
     m = evaluate(res["checkpoint"], s["data"], imgsz=common["imgsz"], batch=common["batch"], device=common["device"])

@@ -6,10 +6,13 @@ from pathlib import Path
 
 from yolo_distill.data.shapes import ShapesSpec, generate_shapes
 
-#: name -> spec. ``shapes`` is the measured default; ``shapes-tiny`` is for tests and smoke runs.
+#: name -> spec. ``shapes`` is the measured default; ``shapes-tiny`` is for tests and smoke runs; ``shapes-small``
+#: is the distillation regime where overfitting shows (80 training images, one class, dense small objects)
 BUILTIN = {
     "shapes": ShapesSpec(),
     "shapes-tiny": ShapesSpec(n_train=16, n_val=8, imgsz=96, min_size=8, max_size=40, max_objects=6),
+    "shapes-small": ShapesSpec(n_train=80, n_val=40, imgsz=320, seed=1, classes=1, min_objects=15, max_objects=40,
+                               min_size=10, max_size=30),  # fmt: skip
 }
 
 

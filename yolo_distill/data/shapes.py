@@ -45,6 +45,8 @@ class ShapesSpec:
         max_size: largest object side in pixels.
         distractors: most unlabeled clutter blobs per image.
         min_visible: an occluded object keeps its label while at least this fraction of it is visible.
+        classes: how many glyph kinds (the first ``classes`` of :data:`CLASS_NAMES`) are drawn and labelled; 1 makes
+            a one-class detection set.
     """
 
     n_train: int = 400
@@ -57,8 +59,11 @@ class ShapesSpec:
     max_size: int = 96
     distractors: int = 6
     min_visible: float = 0.4
+    classes: int = len(CLASS_NAMES)
 
     def __post_init__(self) -> None:
+        if not 1 <= self.classes <= len(CLASS_NAMES):
+            raise ValueError(f"classes must be in 1..{len(CLASS_NAMES)}, got {self.classes}")
         if self.n_train < 1 or self.n_val < 1:
             raise ValueError(f"n_train and n_val must be >= 1, got {self.n_train} and {self.n_val}")
         if self.imgsz < 32:
@@ -171,7 +176,7 @@ def render_image(
         cx, cy = rng.uniform(r * 0.5, size - r * 0.5, 2)
         mask = np.zeros((size, size), dtype=np.uint8)
         if k < n_obj:
-            cls = int(rng.integers(0, len(CLASS_NAMES)))
+            cls = int(rng.integers(0, spec.classes))
             pts = _polygon(CLASS_NAMES[cls], cx, cy, r, rng.uniform(0, 2 * math.pi))
         else:  # an irregular blob: clutter that is not any class
             cls = -1
@@ -237,6 +242,8 @@ def generate_shapes(root: str | Path, spec: ShapesSpec | None = None, overwrite:
     spec = spec or ShapesSpec()
     root = Path(root).resolve()
     stamp = {"generator_version": GENERATOR_VERSION, **asdict(spec)}
+    if spec.classes == len(CLASS_NAMES):  # the field came later: datasets generated before it keep their stamp
+        del stamp["classes"]
     spec_file, data_yaml = root / "spec.json", root / "data.yaml"
     if spec_file.exists() and data_yaml.exists():
         if json.loads(spec_file.read_text()) == stamp:
@@ -261,7 +268,7 @@ def generate_shapes(root: str | Path, spec: ShapesSpec | None = None, overwrite:
         "path": str(root),
         "train": "images/train",
         "val": "images/val",
-        "names": dict(enumerate(CLASS_NAMES)),
+        "names": dict(enumerate(CLASS_NAMES[: spec.classes])),
     }
     data_yaml.write_text(yaml.safe_dump(data, sort_keys=False))
     spec_file.write_text(json.dumps(stamp, indent=2))
