@@ -162,6 +162,70 @@ def test_ddp_wrapped_student_gets_nonzero_kd(tmp_path, tiny_data, ckpt_factory, 
         dist.destroy_process_group()
 
 
+def _ddp_rank(rank: int, world: int, teacher: str, out: str) -> None:
+    """One rank of the 2-process DDP test: its own seed (as Ultralytics seeds each rank), its own data."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from ultralytics.cfg import get_cfg
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_distill.config import load_distill_recipe
+    from yolo_distill.distill.criterion import DistillationCriterion, DistillContext
+    from yolo_distill.distill.parallel import average_distill_grads, broadcast_distill_state
+    from yolo_distill.distill.teacher import fuse_teacher, load_teacher
+
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(1 + rank)  # different connector initialisations on each rank
+        student = DetectionModel("yolo11n.yaml", nc=8, verbose=False)
+        student.args = get_cfg()
+        ctx = DistillContext(fuse_teacher(load_teacher(teacher)), student, load_distill_recipe("default"))
+        student.criterion = DistillationCriterion(student.init_criterion(), ctx)
+        ddp = DDP(student)
+        broadcast_distill_state(ctx)
+        opt = torch.optim.SGD([*student.parameters(), *ctx.connectors.parameters()], lr=0.01, momentum=0.9)
+        kd_items = []
+        for step in range(3):
+            g = torch.Generator().manual_seed(100 * rank + step)  # each rank sees its own batch
+            batch = {"img": torch.rand(2, 3, 64, 64, generator=g), "batch_idx": torch.tensor([0.0, 1.0]),
+                     "cls": torch.tensor([[1.0], [2.0]]),
+                     "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.3], [0.4, 0.4, 0.2, 0.2]])}  # fmt: skip
+            loss, items = ddp(batch)
+            kd_items.append({k: float(v) for k, v in items.items() if k.startswith("kd_")})
+            opt.zero_grad()
+            loss.sum().backward()
+            average_distill_grads(ctx, world)
+            opt.step()
+        # parameters (BN running statistics follow each rank's own batches, as in any DDP run without SyncBN)
+        state = {"student": {k: v.detach().clone() for k, v in student.named_parameters()}, "kd": kd_items,
+                 "connectors": {k: v.detach().clone() for k, v in ctx.connectors.named_parameters()}}  # fmt: skip
+        torch.save(state, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_two_processes_keep_student_and_connectors_identical(tmp_path, ckpt_factory, monkeypatch):
+    """Two CPU ranks (gloo) run real KD steps with different data and different connector seeds: every KD term is
+    non-zero on both ranks, and afterwards student and connector parameters are bitwise equal across the ranks."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    mp.spawn(_ddp_rank, args=(2, str(ckpt_factory("yolo11s.yaml")), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    for r in (r0, r1):
+        assert all(v > 0 for step in r["kd"] for v in step.values()) and len(r["kd"][0]) == 3, r["kd"]
+    assert r0["kd"] != r1["kd"], "the ranks saw the same data: the test would prove nothing"
+    for part in ("student", "connectors"):
+        diff = [k for k in r0[part] if not torch.equal(r0[part][k], r1[part][k])]
+        assert not diff, f"{part} differ across ranks: {diff[:5]}"
+
+
 def test_resume_restores_teacher_recipe_and_connectors(tmp_path, tiny_data, ckpt_factory):
     teacher = ckpt_factory("yolo11s.yaml")
 

@@ -28,6 +28,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_distill.config import load_distill_recipe
 from yolo_distill.distill.criterion import DistillationCriterion, DistillContext
+from yolo_distill.distill.parallel import average_distill_grads, broadcast_distill_state
 from yolo_distill.distill.teacher import check_pair, fuse_teacher, load_teacher
 from yolo_distill.log import LOGGER as log
 from yolo_distill.offline import ensure_font, resolve_weights
@@ -258,16 +259,9 @@ class DistillationTrainer(DetectionTrainer):
 
     def optimizer_step(self) -> None:
         """Clip the connectors' gradients (Ultralytics clips only the model's), add BN sparsity, then step."""
-        if self.distill is not None:
-            extra = list(self.distill.connectors.parameters())
-            if self.distill.online:
-                extra += list(self.distill.teacher.parameters())
-            params = [p for p in extra if p.grad is not None]
+        if self.distill is not None:  # outside the DDP module: average their gradients over the ranks here
+            params = average_distill_grads(self.distill, self.world_size)
             if params:
-                if self.world_size > 1:  # outside the DDP module: average their gradients here
-                    for p in params:
-                        torch.distributed.all_reduce(p.grad)
-                        p.grad /= self.world_size
                 scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
                 torch.nn.utils.clip_grad_norm_(params, max_norm=10.0 * scale)
         if self.args.sparsity:
@@ -282,6 +276,8 @@ class DistillationTrainer(DetectionTrainer):
 def _install_criterion(trainer: DistillationTrainer) -> None:
     if trainer.distill is None:
         return
+    if trainer.world_size > 1:  # every rank starts from rank 0's connectors (and online teacher)
+        broadcast_distill_state(trainer.distill)
     for model in (unwrap_model(trainer.model), trainer.ema.ema if trainer.ema else None):
         if model is None:
             continue
