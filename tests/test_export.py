@@ -75,7 +75,7 @@ def test_bad_inputs(tmp_path, tiny_data, ckpt_factory, caplog):
     empty = tmp_path / "empty"
     (empty / "images" / "val").mkdir(parents=True)
     (empty / "data.yaml").write_text(f"path: {empty}\ntrain: images/val\nval: images/val\nnames: {{0: a}}\n")
-    with pytest.raises(FileNotFoundError, match="no calibration images"):
+    with pytest.raises(ValueError, match="holds no images"):  # the dataset check names it before anything is written
         export_checkpoint(ckpt, imgsz=64, int8=True, data=str(empty / "data.yaml"))
     r = export_checkpoint(ckpt, imgsz=70, data=str(tiny_data), runs=2, validate=False)
     assert r.imgsz == 96 and "not a multiple of the max stride" in caplog.text
@@ -176,3 +176,22 @@ def test_a_killed_export_or_prune_leaves_no_partial_file(tmp_path, ckpt_factory,
     monkeypatch.undo()
     rep = export_checkpoint(str(src), imgsz=64, validate=False, runs=1)
     assert rep.parity.ok and (tmp_path / "m.onnx").is_file()
+
+
+def test_a_third_party_checkpoint_exports_without_its_dataset(tmp_path, tiny_data):
+    """A 2-class checkpoint trained elsewhere (its stored data path is another machine's) exports with parity and
+    latency on Ultralytics' sample images and no mAP; a data= with other classes is refused, nothing written."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_distill.checkpoints import save_stock_checkpoint
+
+    m = DetectionModel("yolov8n.yaml", nc=2, verbose=False)
+    m.names = {0: "fall", 1: "stand"}
+    ckpt = save_stock_checkpoint(m, tmp_path / "fall.pt", train_args={"data": "D:\\\\datasets\\\\fall_detection.yaml"})
+    with pytest.raises(ValueError, match=r"has 8 classes .* but the model detects 2 \['fall', 'stand'\]"):
+        export_checkpoint(str(ckpt), imgsz=64, data=str(tiny_data), runs=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fall.pt"]
+    with pytest.raises(ValueError, match="int8=True needs data="):
+        export_checkpoint(str(ckpt), imgsz=64, int8=True, runs=1)
+    r = export_checkpoint(str(ckpt), imgsz=64, runs=1)
+    assert r.parity.ok and r.parity.images == 2 and r.map50_95 == {} and r.latency_ms["onnx_fp32"]["median"] > 0

@@ -71,8 +71,9 @@ def export_checkpoint(
         format: only ``onnx``.
         imgsz: square input size; rounded up to a multiple of the max stride, with a warning.
         int8: also write ``CKPT_int8.onnx`` (static QDQ, per-channel weights, Detect head kept in fp32).
-        data: data YAML (or built-in name) for parity images, INT8 calibration and mAP; default: the
-            checkpoint's training data.
+        data: data YAML (or built-in name) of the model's classes, for parity images, INT8 calibration and mAP;
+            default: the checkpoint's training data when it is on this machine, else none (parity and latency then
+            run on Ultralytics' sample images and no mAP is measured). Refused when its classes differ.
         half: export FP16 ONNX (weights and compute in fp16, fp32 inputs and outputs).
         dynamic: dynamic batch and image size.
         opset: ONNX opset (default: Ultralytics' choice).
@@ -114,14 +115,19 @@ def export_checkpoint(
         raise ValueError(f"{ckpt} holds a {type(net).__name__}; yolo_distill exports detection models only")
     imgsz = _fit_imgsz(net, imgsz)
     out_onnx, out_int8, out_json = _plan_outputs(ckpt, int8, overwrite)
-    data = data or (getattr(net, "args", {}) or {}).get("data")
-    images = dataset_images(data, max(parity_images, calib_images if int8 else 0))
+    data = _data_for(net, data)
+    if int8 and not data:
+        raise ValueError("int8=True needs data= (a dataset of the model's classes: its images calibrate INT8)")
+    images = dataset_images(data, max(parity_images, calib_images if int8 else 0)) if data else []
     if int8 and not images:
         raise FileNotFoundError(
             f"no calibration images found for INT8 (data={data!r}); pass data= a dataset with images"
         )
-    if not images:
-        LOGGER.warning("yolo_distill: no dataset images (data=%r); parity runs on random images", data)
+    if not images:  # parity and latency need no dataset: the sample images Ultralytics ships
+        from ultralytics.utils import ASSETS
+
+        images = sorted(Path(ASSETS).glob("*.jpg"))
+        LOGGER.info("yolo_distill: no data=: parity and latency on Ultralytics' sample images; no mAP measured")
     end2end = bool(getattr(net.model[-1], "end2end", False))
     score_tol = score_tol if score_tol is not None else (5e-3 if half else 1e-4)
     box_tol = box_tol if box_tol is not None else (1.0 if half else 1e-3)
@@ -151,6 +157,30 @@ def export_checkpoint(
 
 
 # -- the steps ------------------------------------------------------------------------------------------------------
+def _data_for(net: nn.Module, data: str | None) -> str | None:
+    """The dataset for calibration and mAP: ``data=`` when given (refused unless it has the model's classes), else
+    the one the checkpoint was trained on when it is on this machine, else none (a third-party checkpoint)."""
+    from yolo_distill.data.checks import check_detection_dataset
+
+    names = dict(getattr(net, "names", {}) or {})
+    if data is None:
+        stored = (getattr(net, "args", {}) or {}).get("data")
+        if not stored or not str(stored).endswith((".yaml", ".yml")) or not Path(str(stored)).is_file():
+            return None
+        data = str(stored)
+    d = check_detection_dataset(data) if Path(data).is_file() else None
+    if d is not None and names:
+        theirs = [d["names"][k] for k in sorted(d["names"])] if isinstance(d["names"], dict) else list(d["names"])
+        ours = [names[k] for k in sorted(names)]
+        if theirs != ours:
+            raise ValueError(
+                f"data={data} has {len(theirs)} classes {theirs[:8]}{'...' if len(theirs) > 8 else ''} but the model "
+                f"detects {len(ours)} {ours[:8]}{'...' if len(ours) > 8 else ''}: its mAP would mean nothing; pass the "
+                f"model's own data YAML (same classes, same order), or leave data= out to export with parity and "
+                f"latency only"
+            )
+    return data
+
 def _fit_imgsz(net: nn.Module, imgsz: int) -> int:
     """``imgsz`` rounded up to a multiple of the model's max stride (with a warning when it changes)."""
     stride = int(max(net.stride.max().item(), 32))
