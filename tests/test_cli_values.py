@@ -57,7 +57,11 @@ CONVERT = {
     "train": ("{tmp}/none.json", "train="), "train_images": ("{tmp}/none", "train_images="),
     "val": ("{tmp}/none.json", "val="), "val_images": ("{tmp}/none", "val_images="), "out": ("{ckpt}", "out="),
 }  # fmt: skip
-TABLES = {"prune": PRUNE, "export": EXPORT, "bench": BENCH, "demo": DEMO, "train": TRAIN}
+CARVE = {
+    "model": ("{tmp}/missing.pt", "never downloads weights"), "target": ("yolo11n.pt", "target='yolo11n.pt'"),
+    "out": ("{tmp}/c.txt", "out="), "method": ("taylor", "method='taylor'"), "imgsz": ("big", "imgsz='big'"),
+}  # fmt: skip
+TABLES = {"prune": PRUNE, "export": EXPORT, "bench": BENCH, "demo": DEMO, "train": TRAIN, "carve": CARVE}
 
 
 def test_the_table_covers_every_key():
@@ -69,6 +73,7 @@ def test_the_table_covers_every_key():
     assert set(BENCH) == keys_of(api.run_bench)
     assert set(DEMO) == keys_of(api.run_demo)
     assert set(TRAIN) == keys_of(api.train)
+    assert set(CARVE) == keys_of(api.carve)
     assert set(SHAPES) == {f.name for f in fields(api.ShapesSpec)} | {"out", "overwrite"}
 
 
@@ -110,6 +115,7 @@ def test_a_bad_value_is_one_line_exit_2_and_writes_nothing(cmd, key, tmp_path, t
         "demo": {"data": str(tiny_data), "epochs": "1", "imgsz": "64", "project": str(work / "d")},
         "train": {"model": "yolo11n.yaml", "data": str(tiny_data), "epochs": "1", "imgsz": "64",
                   "project": str(work / "r")},
+        "carve": {"model": str(ckpt), "target": "yolo11n.yaml", "out": str(work / "c.pt")},
     }[cmd]  # fmt: skip
     value, expected = TABLES[cmd][key]
     args = {**good, key: _fill(value, work, ckpt, tiny_data)}

@@ -18,7 +18,7 @@ except metadata.PackageNotFoundError:  # a source tree on sys.path, not installe
     __version__ = "0.0.0+unknown"
 
 _API = (
-    "train", "prune", "iterative_prune", "export", "evaluate", "run_bench", "run_demo", "generate_shapes",
+    "train", "prune", "iterative_prune", "carve", "export", "evaluate", "run_bench", "run_demo", "generate_shapes",
     "coco_to_yolo", "voc_to_yolo", "check_dataset", "kd_step_cost", "prune_speed", "recipes",
 )  # fmt: skip
 

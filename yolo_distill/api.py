@@ -8,6 +8,7 @@ demo are ``run_bench`` / ``run_demo``: ``yolo_distill.bench`` and ``yolo_distill
 | :func:`train` (``api.distill``) | train a student, with KD when ``teacher=`` is given |
 | :func:`prune` | structured channel pruning of a checkpoint into a stock checkpoint |
 | :func:`iterative_prune` | prune / fine-tune rounds from a ``configs/prune`` recipe |
+| :func:`carve` | cut a stock smaller model of the family (a target YAML) out of a trained checkpoint |
 | :func:`export` | ONNX export with PyTorch parity, INT8 and latency |
 | :func:`evaluate` | mAP of a checkpoint or an exported model |
 | :func:`run_bench` | a benchmark recipe, cached and resumable |
@@ -22,6 +23,7 @@ from __future__ import annotations
 from yolo_distill.bench.prune_speed import measure as prune_speed
 from yolo_distill.bench.runner import run_bench
 from yolo_distill.bench.step_cost import measure as kd_step_cost
+from yolo_distill.compress.carve import carve_checkpoint as carve
 from yolo_distill.compress.checkpoint import prune_checkpoint as prune
 from yolo_distill.compress.iterative import IterativeRecipe, iterative_prune
 from yolo_distill.config import shipped_recipes as recipes
@@ -38,7 +40,7 @@ from yolo_distill.registry import UnknownName
 distill = train
 
 __all__ = [
-    "IterativeRecipe", "ShapesSpec", "UnknownName", "check_dataset", "coco_to_yolo", "distill", "evaluate", "export",
-    "generate_shapes", "iterative_prune", "kd_step_cost", "prune", "prune_speed", "recipes", "run_bench", "run_demo",
-    "train", "voc_to_yolo",
+    "IterativeRecipe", "ShapesSpec", "UnknownName", "carve", "check_dataset", "coco_to_yolo", "distill", "evaluate",
+    "export", "generate_shapes", "iterative_prune", "kd_step_cost", "prune", "prune_speed", "recipes", "run_bench",
+    "run_demo", "train", "voc_to_yolo",
 ]  # fmt: skip

@@ -25,6 +25,7 @@ USAGE = """usage: yolo-distill <command> key=value ... (or: yolo-distill <comman
 commands:
   train    train a student, with distillation when teacher= is given
   prune    structured channel pruning of a detection checkpoint
+  carve    cut a stock smaller model of the family (e.g. yolo11n) out of a trained checkpoint (e.g. a yolo11s)
   export   ONNX export with PyTorch parity check, optional INT8, and latency
   bench    run a benchmark recipe and write its report
   demo     every stage on the built-in dataset, with a summary table
@@ -161,6 +162,16 @@ def _prune(kv: dict[str, Any]) -> None:
     api.prune(**kv)
 
 
+def _carve(kv: dict[str, Any]) -> None:
+    from yolo_distill import api
+
+    _check_keys("carve", kv, keys_of(api.carve))
+    if "model" not in kv or "target" not in kv:
+        raise BadValue("model= (the trained checkpoint, *.pt) and target= (a smaller model YAML) are required")
+    check_values(api.carve, kv)
+    api.carve(**kv)
+
+
 def _export(kv: dict[str, Any]) -> None:
     from yolo_distill import api
 
@@ -260,6 +271,14 @@ COMMANDS: dict[str, Command] = {
         "Writes PRUNED.pt (a stock Ultralytics checkpoint) and PRUNED_report.json beside it.\n"
         "yolo-distill prune model=CKPT.pt data=DATA.yaml recipe=iterative|oneshot|PATH.yaml [out=..] [steps=..]\n"
         "                   iterative pruning (configs/prune/): prune, fine-tune with KD from CKPT, repeat.",
+    ),
+    "carve": Command(
+        _carve,
+        "yolo-distill carve model=TEACHER.pt target=yolo11n.yaml [out=CARVED.pt] [method=l1|l2|bn] [imgsz=640]\n"
+        "Writes CARVED.pt: exactly the target YAML's architecture (a stock model Ultralytics rebuilds with the same\n"
+        "shapes), its channels chosen by importance from the teacher, and CARVED_report.json beside it.\n"
+        "Same-family pairs with the same blocks: YOLOv8, YOLO11, YOLO26 s -> n. Then: yolo-distill train\n"
+        "model=CARVED.pt teacher=TEACHER.pt data=...",
     ),
     "export": Command(
         _export,

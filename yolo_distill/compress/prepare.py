@@ -114,7 +114,25 @@ def _keep_rows(conv: Conv, idx: torch.Tensor) -> None:
         bn.num_features = len(idx)
 
 
-def fit_attention(model: nn.Module) -> None:
+def _keep_heads(a: nn.Module, nh_new: int) -> None:
+    """Keep the ``nh_new`` heads of Attention ``a`` with the largest L1 norm in ``qkv``, each whole (its query, key
+    and value channels): the head layout of a smaller stock model, for carving."""
+    nh, kd, hd = a.num_heads, a.key_dim, a.head_dim
+    w = a.qkv.conv.weight.detach().abs().flatten(1).sum(1).view(nh, 2 * kd + hd).sum(1)
+    heads = w.argsort(descending=True)[:nh_new].sort().values
+    rows = torch.cat([torch.arange(h * (2 * kd + hd), (h + 1) * (2 * kd + hd)) for h in heads.tolist()])
+    v_idx = torch.cat([torch.arange(h * hd, (h + 1) * hd) for h in heads.tolist()])
+    _keep_rows(a.qkv, rows)
+    _keep_rows(a.pe, v_idx)
+    with torch.no_grad():
+        a.pe.conv.weight = nn.Parameter(a.pe.conv.weight.clone())
+        a.pe.conv.in_channels = a.pe.conv.groups = len(v_idx)
+        a.proj.conv.weight = nn.Parameter(a.proj.conv.weight[:, v_idx].clone())
+        a.proj.conv.in_channels = len(v_idx)
+    a.num_heads = nh_new
+
+
+def fit_attention(model: nn.Module, heads: list[int] | None = None) -> None:
     """Make every Attention consistent after DepGraph pruned its residual width.
 
     DepGraph prunes the width C shared by the block's input (``qkv`` in-channels) and output (``proj``
@@ -122,14 +140,20 @@ def fit_attention(model: nn.Module) -> None:
     head, the ``C' / num_heads`` value channels and a proportional number of query/key channels with the largest
     L1 norm in ``qkv``, cuts ``pe`` (depthwise over values) and ``proj``'s in-channels to match, and updates the
     stock module's ``head_dim`` and ``key_dim``.
+
+    With ``heads`` (the head count of each Attention, in module order: a carving target's), it instead keeps that
+    many whole heads, so the result has the target's head layout exactly.
     """
     from ultralytics.nn.modules.block import Attention
 
-    for a in model.modules():
-        if not isinstance(a, Attention):
-            continue
+    for k, a in enumerate(m for m in model.modules() if isinstance(m, Attention)):
         c_new = a.qkv.conv.in_channels
         nh, kd, hd = a.num_heads, a.key_dim, a.head_dim
+        if heads is not None and heads[k] != nh:
+            if c_new != heads[k] * hd:
+                raise RuntimeError(f"carved attention width {c_new} is not {heads[k]} heads of {hd}")
+            _keep_heads(a, heads[k])
+            continue
         if c_new == nh * hd:
             continue
         if c_new % nh:

@@ -44,6 +44,8 @@ class PruneConfig:
             ``ratio`` overall, capped by ``max_layer_ratio``) or ``sensitivity`` (a per-layer prune-and-validate
             scan gives each layer the largest ratio whose mAP drop stays within ``max_drop``; needs data).
         max_drop: mAP50-95 drop allowed per layer with ``allocation=sensitivity``.
+        attention_heads: for carving: the head count of every Attention (in module order) to keep whole heads to;
+            default: every head kept, each narrower.
     """
 
     ratio: float | None = 0.5
@@ -57,6 +59,7 @@ class PruneConfig:
     layer_ratios: dict[int, float] = field(default_factory=dict)
     allocation: str = "uniform"
     max_drop: float = 0.02
+    attention_heads: list[int] | None = None
 
     def __post_init__(self) -> None:
         num = (int, float)
@@ -242,7 +245,7 @@ def _prune_once(model: nn.Module, cfg: PruneConfig, ratio: float, ctx: PlanConte
     """Prune ``model`` in place at channel ``ratio`` with the configured allocation; returns it with stock classes."""
     layer_ratios = {**ALLOCATIONS.get(cfg.allocation)(model, cfg, ratio, ctx), **cfg.layer_ratios}
     prune_step(model, cfg, ratio, ctx.n_backbone, ctx.batches, layer_ratios)
-    fit_attention(model)
+    fit_attention(model, heads=cfg.attention_heads)
     merge_csp(model)
     for p in model.parameters():
         p.requires_grad_(False)

@@ -1,0 +1,138 @@
+"""Knowledge carving: cut a stock small model (a target YAML) out of a trained larger one of the same family.
+
+Every convolution of the target has a namesake in the source with the same kernel, and at most as many channels;
+channel importance (the pruner's criteria, through Torch-Pruning's dependency graph) chooses which channels stay.
+Layers whose widths already match are kept whole, the others pruned to the target's exact widths, and the result
+carries the target's YAML: a plain ``yolo11n`` that stock ``YOLO("carved.pt").train()`` rebuilds with the very
+same shapes (no re-inflation), ready for KD from the source.
+
+Supported: pairs with the same depth, blocks and attention heads: YOLOv8, YOLO11 and YOLO26 s -> n. A target with
+other blocks (m -> s) or other head counts (11x -> 11l) is refused with that reason (depth carving: not yet).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from torch import nn
+
+from yolo_distill.checkpoints import load_model, save_stock_checkpoint, write_text_atomic
+from yolo_distill.compress.pruner import PruneConfig, model_stats, prune_model
+from yolo_distill.log import LOGGER, table
+
+
+def _family(yaml_name: str) -> str:
+    """``yolo11s.yaml`` -> ``yolo11``; ``yolov8n.yaml`` -> ``yolov8``."""
+    m = re.match(r"(yolov?\d+)[nslmx]?", Path(str(yaml_name)).stem)
+    return m.group(1) if m else Path(str(yaml_name)).stem
+
+
+def _convs(model: nn.Module) -> dict[str, nn.Conv2d]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def carve_plan(source: nn.Module, target: nn.Module) -> tuple[dict[int, float], list[str]]:
+    """Per-layer channel ratios and the convolutions to keep whole, so that ``source`` pruned becomes ``target``.
+
+    Raises:
+        ValueError: the structures differ (other blocks or depth), the target is wider, or one layer would need
+            different ratios for different convolutions.
+    """
+    s, t = _convs(source), _convs(target)
+    missing, extra = sorted(set(t) - set(s)), sorted(set(s) - set(t))
+    odd = [n for n in set(s) & set(t) if (s[n].kernel_size, s[n].groups > 1) != (t[n].kernel_size, t[n].groups > 1)]
+    if missing or extra or odd:
+        raise ValueError(
+            f"the target's blocks differ from the source's ({(missing or extra or odd)[:3]}...): carving cuts "
+            f"channels out of the same blocks (s -> n); a shallower target with other blocks (e.g. m -> s) needs "
+            f"depth carving, which is not supported yet"
+        )
+    wider = [n for n in t if t[n].out_channels > s[n].out_channels]
+    if wider:
+        raise ValueError(f"the target is wider than the source at {wider[:3]}: carve to a smaller model of the family")
+    keep = [n for n in t if t[n].out_channels == s[n].out_channels]
+    ratios: dict[int, float] = {}
+    for n in t:
+        if n in keep:
+            continue
+        i = int(n.split(".")[1])
+        r = 1 - t[n].out_channels / s[n].out_channels
+        if i in ratios and abs(ratios[i] - r) > 1e-6:
+            raise ValueError(f"layer {i} would need channel ratios {ratios[i]:.3f} and {r:.3f}: not carvable")
+        ratios[i] = r
+    return ratios, keep
+
+
+def carve_model(source: nn.Module, target_yaml: str, method: str = "l1") -> tuple[nn.Module, dict]:
+    """``source`` cut down to ``target_yaml``'s architecture (``source`` untouched); returns it and a report."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    src_yaml = (getattr(source, "yaml", None) or {}).get("yaml_file", "")
+    if src_yaml and _family(src_yaml) != _family(target_yaml):
+        raise ValueError(
+            f"target={target_yaml} is a {_family(target_yaml)} model but the source is {_family(src_yaml)}: carve "
+            f"within one family (e.g. {_family(src_yaml)}s -> {_family(src_yaml)}n)"
+        )
+    nc = int(source.model[-1].nc)
+    target = DetectionModel(target_yaml, nc=nc, verbose=False)
+    from ultralytics.nn.modules.block import Attention
+
+    ratios, keep = carve_plan(source, target)
+    heads = [m.num_heads for m in target.modules() if isinstance(m, Attention)]
+    cfg = PruneConfig(ratio=0.5, method=method, imgsz=64, layer_ratios=ratios, protect=keep, round_to=1,
+                      max_layer_ratio=0.95, attention_heads=heads or None)  # fmt: skip
+    try:
+        carved, report = prune_model(source, cfg)
+    except RuntimeError as e:  # the heads cannot be cut to the target's layout
+        raise ValueError(f"carving to {target_yaml}: {e}") from None
+    got, want = carved.state_dict(), target.state_dict()
+    bad = [k for k in want if k not in got or got[k].shape != want[k].shape]
+    layout = [(m.num_heads, m.head_dim, m.key_dim) for m in carved.modules() if isinstance(m, Attention)]
+    if bad or set(got) != set(want) or layout != [(m.num_heads, m.head_dim, m.key_dim) for m in target.modules()
+                                                    if isinstance(m, Attention)]:  # fmt: skip
+        raise ValueError(f"carving {src_yaml or 'the source'} to {target_yaml} did not reach its shapes: {bad[:3]}")
+    carved.yaml = target.yaml  # the stock model it now is: Ultralytics rebuilds exactly these shapes from it
+    carved.names = getattr(source, "names", None)
+    return carved, {**report, "target": str(target_yaml)}
+
+
+def carve_checkpoint(model: str, target: str, out: str | None = None, method: str = "l1", imgsz: int = 640) -> dict:
+    """Carve checkpoint ``model`` into a stock ``target`` (a model YAML of its family) and write ``out`` with
+    ``<out stem>_report.json`` beside it; everything is checked first, the source is never modified.
+
+    Args:
+        model: the trained source ``*.pt`` (e.g. a YOLO11s).
+        target: the smaller model YAML of the same family (e.g. ``yolo11n.yaml``).
+        out: output path (default ``<model stem>_<target stem>.pt`` beside the source); never overwritten.
+        method: the importance criterion choosing the channels that stay (``l1``, ``l2``, ``bn``).
+        imgsz: image size for the GFLOPs in the report.
+
+    Returns:
+        The report (params and GFLOPs before and after, per-layer channels, the target).
+    """
+    from yolo_distill.compress.checkpoint import report_path
+    from yolo_distill.config import require
+    from yolo_distill.offline import resolve_weights
+
+    require(str(target).endswith((".yaml", ".yml")), "target", target, "a model YAML such as yolo11n.yaml")
+    require(method in ("l1", "l2", "bn"), "method", method, "l1, l2 or bn (taylor needs data: prune instead)")
+    src = Path(resolve_weights(model))
+    dst = Path(out) if out else src.with_name(f"{src.stem}_{Path(target).stem}.pt")
+    require(dst.suffix == ".pt", "out", str(dst), "a *.pt path")
+    require(dst.resolve() != src.resolve(), "out", str(dst), "a path other than model= (the source is only read)")
+    for p in (dst, report_path(dst)):
+        if p.exists():
+            raise FileExistsError(f"{p} already exists; choose another out= or move it away")
+    net = load_model(src)
+    carved, report = carve_model(net, target, method=method)
+    report.update(source=str(src), out=str(dst), before=model_stats(net, imgsz), after=model_stats(carved, imgsz))
+    train_args = {k: v for k, v in (getattr(net, "args", {}) or {}).items() if k in ("data", "imgsz", "task")}
+    save_stock_checkpoint(carved, dst, train_args=train_args, carve_report=report)
+    write_text_atomic(report_path(dst), json.dumps(report, indent=2, default=str))
+    b, a = report["before"], report["after"]
+    LOGGER.info("carved %s -> %s (%s)\n%s", src, dst, target, table(
+        [["source", b["params"], b["gflops"]], ["carved", a["params"], a["gflops"]]], ["", "params", "GFLOPs"],
+        ["", ",d", ".2f"]))  # fmt: skip
+    return report
