@@ -20,12 +20,17 @@ def test_mini_demo_runs_every_stage(tmp_path, tiny_data, capsys):
     to_stdout(verbose=True)
     rows = run_demo(data=str(tiny_data), epochs=1, teacher_epochs=1, imgsz=64, batch=4, project=str(tmp_path / "d"))
     out = capsys.readouterr().out
-    assert [r["model"] for r in rows][:2] == ["teacher", "student (plain)"] and len(rows) == 5
-    assert "summary" in out and "student (KD: default) " in out
-    assert rows[3]["params"] < rows[0]["params"], "the pruned teacher must be smaller than the teacher"
-    assert rows[4]["onnx_ms"] > 0 and rows[4]["model"].endswith("INT8 ONNX")
-    exported = max(rows[2:4], key=lambda r: r["map"])
-    assert rows[4]["model"].startswith(exported["model"]) and exported["onnx_ms"] > 0
+    assert [r["model"] for r in rows][:3] == ["teacher", "yolo11n carved from the teacher + KD",
+                                              "teacher pruned + KD fine-tune"] and len(rows) == 4  # fmt: skip
+    assert "summary" in out and "carved from the teacher" in out
+    assert rows[1]["params"] < rows[0]["params"] and rows[2]["params"] < rows[0]["params"]
+    assert rows[3]["onnx_ms"] > 0 and rows[3]["model"].endswith("INT8 ONNX")
+    exported = max(rows[1:3], key=lambda r: r["map"])
+    assert rows[3]["model"].startswith(exported["model"]) and exported["onnx_ms"] > 0
+    import cv2
+
+    pic = cv2.imread(str(tmp_path / "d" / "detections.png"))
+    assert pic is not None and pic.shape[1] == 4 * 256 and pic.shape[0] == 3 * (28 + 256), "3 models x 4 images"
 
 
 @pytest.mark.parametrize("cmd", list(COMMANDS))

@@ -21,9 +21,9 @@ def test_cli_demo_on_shapes_with_the_shipped_teacher(tmp_path):
     cmd = [sys.executable, "-m", "yolo_distill.cli", "demo", "epochs=1", "imgsz=128", f"project={tmp_path / 'demo'}"]
     out = subprocess.run(cmd, cwd=Path(__file__).parent.parent, capture_output=True, text=True, env=env, timeout=3600)
     assert out.returncode == 0, out.stderr[-3000:]
-    for row in ("teacher", "student (plain)", "student (KD: default)", "teacher pruned + KD fine-tune", "INT8 ONNX"):
+    for row in ("teacher", "yolo11n carved from the teacher + KD", "teacher pruned + KD fine-tune", "INT8 ONNX"):
         assert row in out.stdout, f"summary row {row!r} missing"
-    assert "demo finished in" in out.stdout
+    assert "demo finished in" in out.stdout and (tmp_path / "demo" / "detections.png").is_file()
 
 
 def test_teacher_beats_untrained_student_on_shapes(tmp_path):
