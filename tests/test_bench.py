@@ -36,7 +36,7 @@ def test_mini_bench_report_and_resume(tmp_path, monkeypatch, tiny_data):
     assert sorted(r["name"] for r in saved.values()) == ["student_kd", "student_native", "teacher"]
     calls.clear()
     res = runner.run_bench("mini", out=str(tmp_path / "b"))
-    assert calls == ["pruned_noft", "compact_int8"], f"finished rows must be skipped, ran {calls}"
+    assert calls == ["pruned_noft", "compact_int8", "carved_noft"], f"finished rows must be skipped, ran {calls}"
     report = (tmp_path / "b" / "report.md").read_text()
     for col in ("params", "GFLOPs", "mAP50-95", "ONNX ms", "INT8 ms", "last.pt mAP50-95"):
         assert col in report
@@ -46,6 +46,7 @@ def test_mini_bench_report_and_resume(tmp_path, monkeypatch, tiny_data):
     by = {r["name"]: r for r in res["rows"]}
     assert all(r["parity_ok"] for r in by.values())
     assert by["pruned_noft"]["params"] < by["teacher"]["params"]
+    assert by["carved_noft"]["params"] == 3_012_408, "the carved row is exactly a stock 8-class YOLOv8n"
     # what a user gets at the end of training is measured beside the best epoch (trained rows only)
     assert by["student_kd"]["last_map50_95"] >= 0 and "last_map50_95" not in by["pruned_noft"]
     assert by["pruned_noft"]["gflops"] <= 0.5 * by["teacher"]["gflops"] * 1.01
@@ -145,7 +146,7 @@ def test_shipped_bench_recipes_validate():
 
     for path in sorted((CONFIG_ROOT / "bench").glob("*.yaml")):
         spec = load_bench_recipe(path)
-        assert spec.rows and all(r.kind in ("train", "prune", "export") for r in spec.rows), path.name
+        assert spec.rows and all(r.kind in ("train", "prune", "carve", "export") for r in spec.rows), path.name
 
 
 def test_finished_training_is_reused_not_rerun(tmp_path, monkeypatch):

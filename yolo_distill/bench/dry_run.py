@@ -73,6 +73,8 @@ def _row_problems(row: Row, problems: list[str], missing: list[str]) -> None:
             load_distill_recipe(row.recipe)
         except (FileNotFoundError, ValueError, KeyError) as e:
             problems.append(f"{row.name}: recipe={row.recipe}: {e}")
+    if row.kind == "carve":
+        _model(row.target, f"{row.name}: target", problems, missing)
     if row.kind == "prune":
         for key, value, known in (("method", row.method, IMPORTANCE.names()), ("scope", row.scope, list(SCOPES)),
                                   ("allocation", row.allocation, ALLOCATIONS.names())):  # fmt: skip

@@ -84,6 +84,18 @@ def prune_row(row: Row, s: dict, model: str, out: Path, imgsz: int) -> str:
     return str(dst)
 
 
+def carve_row(row: Row, s: dict, model: str, out: Path, imgsz: int) -> str:
+    """Carve ``row.target`` out of ``model`` into the bench's ``carved/`` folder; returns the carved checkpoint."""
+    from yolo_distill.compress.carve import carve_checkpoint
+    from yolo_distill.compress.checkpoint import report_path
+
+    dst = out / "carved" / f"{run_name(row, s)}.pt"
+    dst.unlink(missing_ok=True)  # a stale output of a killed row: the bench's own file
+    report_path(dst).unlink(missing_ok=True)
+    carve_checkpoint(model, row.target, out=str(dst), method=row.method, imgsz=imgsz)
+    return str(dst)
+
+
 def run_row(row: Row, s: dict, done: dict[str, dict], out: Path) -> dict:
     """Run one row with settings ``s`` (one seed) and measure it; ``done`` holds the finished rows it refers to."""
     from yolo_distill.compress.pruner import model_stats
@@ -94,6 +106,8 @@ def run_row(row: Row, s: dict, done: dict[str, dict], out: Path) -> dict:
     model = resolve(row.start, done)
     if row.kind == "prune":
         model = prune_row(row, s, model, out, common["imgsz"])
+    elif row.kind == "carve":
+        model = carve_row(row, s, model, out, common["imgsz"])
     epochs = row.epochs if row.epochs is not None else s.get("epochs", 10)
     if epochs:
         run_dir = train_row(row, s, done, model, epochs, common)

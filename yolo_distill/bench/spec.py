@@ -10,7 +10,7 @@ from typing import Any
 from yolo_distill.config import find_recipe, load_yaml
 from yolo_distill.registry import UnknownName
 
-ROW_KINDS = ("train", "prune", "export")
+ROW_KINDS = ("train", "prune", "carve", "export")
 SETTINGS = ("data", "imgsz", "epochs", "batch", "seed", "export_imgsz", "device")
 REF_FIELDS = ("teacher", "from", "model", "distill_model")  # fields that may name an earlier row as "@row"
 
@@ -26,8 +26,8 @@ class Row:
 
     Attributes:
         name: the row's label (report, run folder); not part of what it computes.
-        kind: ``train`` (a student or a teacher), ``prune`` (prune ``from``, then fine-tune) or ``export`` (export
-            ``from``, no training with ``epochs: 0``).
+        kind: ``train`` (a student or a teacher), ``prune`` (prune ``from``, then fine-tune), ``carve`` (carve
+            ``target`` out of ``from``, then fine-tune) or ``export`` (export ``from``, no training with ``epochs: 0``).
         model: the model to train (``*.yaml``, ``*.pt`` or ``@row``).
         source: the checkpoint a prune or export row starts from (``from:`` in YAML; ``@row`` or a path).
         teacher: the KD teacher (``@row`` or a path); absent or null = no distillation.
@@ -37,6 +37,7 @@ class Row:
         repeats: seeds of this row (default: the bench's).
         ratio, gflops, gflops_ratio, protect, method, scope, allocation: pruning (``prune`` rows).
         int8: also export an INT8 ONNX model.
+        target: for ``carve`` rows, the model YAML carved out of ``from`` (e.g. ``yolo11n.yaml``).
         spec: the row's keys exactly as written: what the cache key is made of.
     """
 
@@ -57,6 +58,7 @@ class Row:
     scope: str = "all"
     allocation: str = "uniform"
     int8: bool = False
+    target: str | None = None
     spec: dict = field(default_factory=dict, compare=False, repr=False)
 
     def refs(self) -> list[str]:
@@ -124,7 +126,9 @@ def parse_row(raw: Any, where: str, defined: set[str]) -> Row:
         raise ValueError(f"{where}: int8 must be true or false, got {raw['int8']!r}")
     if raw["kind"] == "train" and not raw.get("model"):
         raise ValueError(f"{where}: a train row needs model= (a *.yaml, a *.pt or @row)")
-    if raw["kind"] in ("prune", "export") and not raw.get("from"):
+    if raw["kind"] == "carve" and not str(raw.get("target", "")).endswith((".yaml", ".yml")):
+        raise ValueError(f"{where}: a carve row needs target= (a model YAML such as yolo11n.yaml)")
+    if raw["kind"] in ("prune", "carve", "export") and not raw.get("from"):
         raise ValueError(f"{where}: a {raw['kind']} row needs from= (a checkpoint path or @row)")
     for f in REF_FIELDS:
         v = raw.get(f)
