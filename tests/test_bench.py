@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from yolo_distill.bench import cache, rows, runner
 from yolo_distill.bench.spec import load_bench_recipe, parse_row
@@ -394,3 +395,33 @@ def test_dry_run_resolves_every_shipped_recipe_and_writes_nothing(tmp_path, monk
     with pytest.raises(ValueError, match=r"(?s)4 problem\(s\).*gpu9.*nope\.yaml.*recipe=nope.*method='nope'"):
         runner.run_bench(str(bad), dry_run=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+def test_a_killed_training_row_is_resumed_not_restarted(tmp_path, monkeypatch):
+    """An unfinished run of the row (same epochs and seed) is resumed from its last.pt, never deleted."""
+    run = tmp_path / "runs" / "teacher"
+    (run / "weights").mkdir(parents=True)
+    torch.save({"epoch": 3, "ema": torch.nn.Linear(1, 1), "train_args": {"epochs": 10, "seed": 0}},
+               run / "weights" / "last.pt")  # fmt: skip
+    (run / "results.csv").write_text("epoch,time\n1,1\n2,2\n3,3\n4,4\n")
+    resumed = []
+
+    class FakeTrainer:
+        def __init__(self, overrides):
+            resumed.append(overrides)
+            self.save_dir = run
+
+        def train(self):
+            pass
+
+    monkeypatch.setattr("yolo_distill.distill.trainer.DistillationTrainer", FakeTrainer)
+    monkeypatch.setattr("yolo_distill.distill.run.train", lambda *a, **k: pytest.fail("restarted a killed row"))
+    teacher = parse_row({"name": "teacher", "kind": "train", "model": "m.yaml"}, "test", set())
+    got = rows.train_row(teacher, {"data": "x", "seed": 0}, {}, "m.yaml", 10, {"project": str(tmp_path / "runs"),
+                                                                              "seed": 0})  # fmt: skip
+    assert got == run and resumed == [{"resume": str(run / "weights" / "last.pt")}]
+    assert (run / "weights" / "last.pt").is_file()
+    resumed.clear()  # another seed's run is never resumed as this one
+    monkeypatch.setattr("yolo_distill.distill.run.train", lambda *a, **k: type("T", (), {"save_dir": run})())
+    rows.train_row(teacher, {"data": "x", "seed": 1}, {}, "m.yaml", 10, {"project": str(tmp_path / "runs"), "seed": 1})
+    assert resumed == []

@@ -50,6 +50,14 @@ def train_row(row: Row, s: dict, done: dict[str, dict], model: str, epochs: int,
     if finished_run(run_dir, epochs, seed=common.get("seed")):
         LOGGER.info("bench: %s: training already finished in %s; reusing it", name, run_dir)
         return run_dir
+    last = run_dir / "weights" / "last.pt"
+    if not row.distill_model and _resumable(last, epochs, common.get("seed")):  # a killed row: continue it
+        from yolo_distill.distill.trainer import DistillationTrainer
+
+        LOGGER.info("bench: %s: resuming the unfinished run in %s", name, run_dir)
+        tr = DistillationTrainer(overrides={"resume": str(last)})
+        tr.train()
+        return Path(tr.save_dir)
     if run_dir.exists():  # the bench's own folder of an unfinished or other-seed run: start it afresh
         shutil.rmtree(run_dir)
     if row.distill_model:  # the baseline: Ultralytics' own trainer with its native distillation
@@ -65,6 +73,21 @@ def train_row(row: Row, s: dict, done: dict[str, dict], model: str, epochs: int,
         tr = train(model, s["data"], teacher=resolve(row.teacher, done), recipe=row.recipe, epochs=epochs,
                    name=name, **common)  # fmt: skip
     return Path(tr.save_dir)
+
+
+def _resumable(last: Path, epochs: int, seed: int | None) -> bool:
+    """Whether ``last`` is an unfinished run of this row (same epochs and seed) that Ultralytics can resume."""
+    if not last.is_file():
+        return False
+    import torch
+
+    try:
+        ck = torch.load(last, map_location="cpu", weights_only=False)
+    except Exception:  # a torn file of a killed run: start afresh
+        return False
+    args = ck.get("train_args") or {}
+    return (ck.get("ema") is not None and 0 <= int(ck.get("epoch", -1)) < epochs - 1 and args.get("epochs") == epochs
+            and (seed is None or args.get("seed") == seed))  # fmt: skip
 
 
 def prune_row(row: Row, s: dict, model: str, out: Path, imgsz: int) -> str:
