@@ -62,9 +62,13 @@ def load_model(path: str | Path) -> nn.Module:
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename, so that a kill at any
     moment leaves either the old file or the new one, never a torn one."""
+    import os
+    import uuid
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
+    # a name of its own per writer: two processes writing the same file (bench rows side by side) never share one
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
     try:
         tmp.write_text(text)
         tmp.replace(path)
