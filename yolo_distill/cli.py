@@ -105,16 +105,6 @@ def check_values(fn: Callable, kv: dict[str, Any]) -> None:
             raise BadValue(f"{k}={v!r} is not valid: expected {EXPECTED.get(k, _describe(hints[k]))}")
 
 
-def _check_ultralytics_values(kv: dict[str, Any]) -> None:
-    """Ultralytics' own type and range check of its train arguments, as one line instead of its exception."""
-    from ultralytics.cfg import check_cfg
-
-    try:
-        check_cfg(dict(kv), hard=True)
-    except (TypeError, ValueError) as e:
-        raise BadValue(str(e).strip().splitlines()[0]) from None
-
-
 def keys_of(fn: Callable, extra: set[str] = frozenset()) -> set[str]:
     """The keyword parameters of ``fn`` (``**kwargs`` excluded), plus ``extra`` (what its ``**kwargs`` accept)."""
     params = inspect.signature(fn).parameters.values()
@@ -140,8 +130,7 @@ def _train(kv: dict[str, Any]) -> None:
     _check_keys("train", kv, keys_of(api.train, _ultralytics_train_keys()))
     if not kv.get("model") or not kv.get("data"):
         raise BadValue("model= (the student, *.yaml or *.pt) and data= are required")
-    check_values(api.train, kv)
-    _check_ultralytics_values({k: v for k, v in kv.items() if k not in keys_of(api.train)})
+    check_values(api.train, kv)  # Ultralytics' own keys: checked once, by api.train (its check_cfg)
     trainer = api.train(**kv)
     print(f"best checkpoint: {trainer.best}")
 
