@@ -20,6 +20,7 @@ PRUNE = {
     "max_layer_ratio": ("2", "max_layer_ratio=2"), "protect": ("nolayer", "protect"), "imgsz": ("16", "imgsz=16"),
     "batches": ("0", "batches=0"), "val": ("maybe", "val='maybe'"), "allocation": ("nope", "allocation"),
     "max_drop": ("-0.5", "max_drop"), "layer_ratios": ("{{2: 1.5}}", "layer_ratios"),
+    "granularity": ("row", "granularity='row'"), "n": ("0", "n=0"), "m": ("1", "m=1"),
 }  # fmt: skip
 EXPORT = {
     "model": ("{tmp}/missing.pt", "never downloads weights"), "format": ("tflite", "format"),

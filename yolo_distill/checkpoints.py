@@ -75,3 +75,33 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+#: the attribute of a model that records its fine-grained sparsity (plain data, so stock Ultralytics unpickles it)
+SPARSE_ATTR = "sparse_pattern"
+
+
+def mark_sparse(model: nn.Module, pattern: dict) -> None:
+    """Record on ``model`` which weights hold pruned zeros: ``{"granularity", "sparsity", "params": [names]}``.
+
+    The record travels inside the checkpoint (the model is pickled with it) and through Ultralytics' EMA copies,
+    so a fine-tune re-applies the zeros (:func:`sparse_masks`).
+    """
+    setattr(model, SPARSE_ATTR, dict(pattern))
+
+
+def sparse_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Keep-masks (``weight != 0``) of the parameters a sparse model records; empty for a dense model."""
+    rec = getattr(model, SPARSE_ATTR, None) or {}
+    params = dict(model.named_parameters())
+    return {n: params[n].detach() != 0 for n in rec.get("params", []) if n in params}
+
+
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Zero again, in place, every weight that ``masks`` (from :func:`sparse_masks`) marks as pruned."""
+    if not masks:
+        return
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in masks:
+                p.mul_(masks[n].to(p.device))

@@ -11,6 +11,7 @@ entries (``locations``, as mmengine's registries do) and imports them on first l
 | :data:`SCHEDULES` | ``yolo_distill.distill.schedules`` | KD weight schedules (functions) |
 | :data:`IMPORTANCE` | ``yolo_distill.compress.importance`` | pruning importance criteria (factories) |
 | :data:`ALLOCATIONS` | ``yolo_distill.compress.allocation`` | how a pruning ratio is spread over layers |
+| :data:`GRANULARITIES` | ``yolo_distill.compress.granularity`` | fine-grained pruning masks (functions) |
 """
 
 from __future__ import annotations
@@ -87,3 +88,4 @@ CONNECTORS: Registry = Registry("connector", ["yolo_distill.distill.connectors"]
 SCHEDULES: Registry = Registry("schedule kind", ["yolo_distill.distill.schedules"])
 IMPORTANCE: Registry = Registry("importance criterion (method)", ["yolo_distill.compress.importance"])
 ALLOCATIONS: Registry = Registry("allocation", ["yolo_distill.compress.allocation"])
+GRANULARITIES: Registry = Registry("pruning granularity", ["yolo_distill.compress.granularity"])

@@ -80,6 +80,9 @@ def prune_checkpoint(
     allocation: str = "uniform",
     max_drop: float = 0.02,
     layer_ratios: dict | None = None,
+    granularity: str = "filter",
+    n: int = 2,
+    m: int = 4,
 ) -> dict:
     """Prune a checkpoint and write ``out`` (a stock Ultralytics checkpoint) and ``<out stem>_report.json`` beside it.
 
@@ -87,7 +90,8 @@ def prune_checkpoint(
 
     Args:
         model: the source ``*.pt``.
-        ratio: channel ratio removed per layer, in (0, 1) (ignored when ``gflops`` is given).
+        ratio: channel ratio removed per layer, in (0, 1) (ignored when ``gflops`` is given); with a fine
+            granularity, the fraction of weights zeroed in each layer (the sparsity).
         gflops: GFLOPs target at ``imgsz``: a number, or a fraction of the source's GFLOPs written ``"0.5x"``.
         method: importance criterion: ``l1``, ``l2``, ``bn`` or ``taylor`` (:mod:`~yolo_distill.compress.importance`).
         scope: ``backbone`` or ``all``.
@@ -104,6 +108,9 @@ def prune_checkpoint(
             drop stays within ``max_drop``; writes ``<out stem>_sensitivity/`` beside ``out``).
         max_drop: mAP50-95 drop allowed per layer with ``allocation=sensitivity``.
         layer_ratios: explicit per-layer ratios ``{layer index: ratio}`` (non-uniform allocation).
+        granularity: ``filter`` (remove channels: a smaller, faster model) or zeros inside dense weights:
+            ``kernel``, ``vector``, ``weight``, ``nm`` (:mod:`~yolo_distill.compress.granularity`).
+        n, m: with ``granularity=nm``, ``n`` weights kept of every ``m`` consecutive input channels.
 
     Returns:
         The report (also logged as a table and written as JSON).
@@ -114,6 +121,16 @@ def prune_checkpoint(
     require(isinstance(val, bool), "val", val, "true or false")
     if data is not None:
         data = require_data(data)
+    from yolo_distill.registry import GRANULARITIES
+
+    grains = ("filter", *GRANULARITIES.names())
+    require(granularity in grains, "granularity", granularity, f"one of {', '.join(grains)}")
+    require_int("n", n, 1)
+    require_int("m", m, 2)
+    if granularity != "filter":
+        return _sparse_checkpoint(src, granularity, ratio, n, m, method=method, scope=scope, protect=protect,
+                                  gflops=gflops, allocation=allocation, layer_ratios=layer_ratios, data=data, out=out,
+                                  imgsz=imgsz, val=val)  # fmt: skip
     net = load_model(src)
     gflops = _gflops_target(gflops, net, imgsz)
     cfg = PruneConfig(ratio=ratio, gflops=gflops, method=method, scope=scope, round_to=round_to,
@@ -138,6 +155,70 @@ def prune_checkpoint(
     write_text_atomic(rep_path, json.dumps(report, indent=2, default=str))
     LOGGER.info(summary(report))
     return report
+
+
+def _sparse_checkpoint(src: Path, granularity: str, ratio: float | None, n: int, m: int, *, method: str, scope: str,
+                       protect: list | str | int | None, gflops: float | str | None, allocation: str,
+                       layer_ratios: dict | None, data: str | None, out: str | None, imgsz: int, val: bool) -> dict:
+    """``prune_checkpoint`` with a fine granularity: zeros in dense weights, sizes and sparsity in the report."""
+    from yolo_distill.compress.granularity import SparseConfig, sparsify_model
+    from yolo_distill.compress.pruner import SCOPES
+
+    fine = f"granularity={granularity} zeros weights inside dense layers"
+    require(gflops is None, "gflops", gflops, f"no gflops= ({fine}: a dense runtime runs the same FLOPs); give a "
+            f"sparsity with ratio=, or use granularity=filter for a GFLOPs target")  # fmt: skip
+    require(allocation == "uniform", "allocation", allocation, f"uniform ({fine} at the same sparsity per layer)")
+    require(not layer_ratios, "layer_ratios", layer_ratios, f"none ({fine} at the same sparsity per layer)")
+    require(scope in SCOPES, "scope", scope, f"one of {SCOPES}")
+    if granularity == "nm" and ratio not in (None, 0.5, 1 - n / m):
+        raise ValueError(f"ratio={ratio}: with granularity=nm the sparsity is 1 - n/m; drop ratio= and choose n= m=")
+    cfg = SparseConfig(granularity=granularity, sparsity=0.5 if ratio is None else ratio, method=method, n=n, m=m,
+                       scope=scope, protect=_protect_list(protect))  # fmt: skip
+    if val and not data:
+        raise ValueError("val=True needs data= (the mAP before and after pruning is measured on its val split)")
+    dst, rep_path = _outputs(src, out)
+    net = load_model(src)
+    sparse, report = sparsify_model(net, cfg)
+    report["source"] = str(src)
+    if val:
+        report["map50_95"] = {"before": _map(net, data, imgsz), "after_prune": _map(sparse, data, imgsz)}
+    train_args = {k: v for k, v in (getattr(net, "args", {}) or {}).items() if k in ("data", "imgsz", "task")}
+    sparse.names = getattr(net, "names", None)
+    save_stock_checkpoint(sparse, dst, train_args=train_args, prune_report=report)
+    report["size_mb"] = {"before": _size_mb(src), "after": _size_mb(dst)}
+    report["gzip_mb"] = {"before": _size_mb(src, gz=True), "after": _size_mb(dst, gz=True)}
+    report["out"] = str(dst)
+    write_text_atomic(rep_path, json.dumps(report, indent=2, default=str))
+    LOGGER.info(sparse_summary(report))
+    return report
+
+
+def _size_mb(path: Path, gz: bool = False) -> float:
+    """Size of a file in MB; with ``gz``, of its gzip-compressed bytes (what zeros save in storage or download)."""
+    if not gz:
+        return path.stat().st_size / 1e6
+    import zlib
+
+    return len(zlib.compress(path.read_bytes(), 6)) / 1e6
+
+
+def sparse_summary(r: dict) -> str:
+    """A fine-grained pruning report as a few lines: sparsity, non-zero parameters, file sizes, mAP."""
+    c = r["config"]
+    how = f"n={c['n']} m={c['m']}" if c["granularity"] == "nm" else f"sparsity {c['sparsity']:.2f}"
+    lines = [
+        f"pruned {r['source']} -> {r.get('out')} (granularity {c['granularity']}, {how}, method {c['method']}, "
+        f"scope {c['scope']}; {len(r['layers'])} layers sparse, {len(r['skipped'])} skipped)",
+        table([["before", r["nonzero_params_before"], r["size_mb"]["before"], r["gzip_mb"]["before"]],
+               ["after", r["nonzero_params"], r["size_mb"]["after"], r["gzip_mb"]["after"]]],
+              ["", "non-zero params", "file MB", "gzip MB"], ["", ",d", ".2f", ".2f"]),  # fmt: skip
+        f"sparsity {r['sparsity_in_scope']:.3f} in the layers pruned, {r['sparsity_whole_model']:.3f} of the whole "
+        f"model; shapes and GFLOPs unchanged (dense runtimes run the same FLOPs)",
+    ]
+    if "map50_95" in r:
+        m = r["map50_95"]
+        lines.append(f"mAP50-95 before {m['before']:.4f}, right after pruning {m['after_prune']:.4f}")
+    return "\n".join(lines)
 
 
 def _map(model: nn.Module, data: str, imgsz: int) -> float:

@@ -11,7 +11,8 @@ It extends Ultralytics only through overridden methods and callbacks:
   Ultralytics may have replaced the criterion on resume);
 * ``get_model`` keeps a loaded checkpoint's modules as they are, so a pruned model is never re-inflated;
 * ``optimizer_step`` clips the connectors' gradients, applies BN sparsity (L1 on BN scales) when asked, then
-  defers to Ultralytics.
+  defers to Ultralytics; a fine-grained sparse checkpoint (:mod:`yolo_distill.compress.granularity`) gets its zeros
+  back after every step, in the model and in its EMA.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
+from yolo_distill.checkpoints import SPARSE_ATTR, apply_masks, sparse_masks
 from yolo_distill.config import load_distill_recipe
 from yolo_distill.distill.criterion import DistillationCriterion, DistillContext
 from yolo_distill.distill.parallel import average_distill_grads, broadcast_distill_state
@@ -87,11 +89,13 @@ class DistillationTrainer(DetectionTrainer):
         self.recipe = recipe
         self.distill: DistillContext | None = None
         self._teacher_measured = False  # schedule.stop_at_teacher: the teacher's val mAP is measured once
+        self.masks: dict[str, torch.Tensor] = {}  # a sparse checkpoint's zeros, kept through training
         if RANK in {-1, 0}:
             from ultralytics.utils import YAML
 
             YAML.save(self.save_dir / "args.yaml", vars(self.args))  # rewrite with our keys
         self.add_callback("on_pretrain_routine_end", _install_criterion)
+        self.add_callback("on_pretrain_routine_end", _find_masks)
         self.add_callback("on_train_epoch_start", _set_epoch)
         self.add_callback("on_train_batch_start", _attach_student_recorders)
         self.add_callback("on_train_batch_end", _detach_student_recorders)
@@ -129,6 +133,8 @@ class DistillationTrainer(DetectionTrainer):
                     f"{w_nc} classes"
                 )
             model.load(weights)
+            if getattr(weights, SPARSE_ATTR, None):  # the zeros of a sparse checkpoint stay zeros
+                setattr(model, SPARSE_ATTR, getattr(weights, SPARSE_ATTR))
         return model
 
     def set_model_attributes(self) -> None:
@@ -270,6 +276,10 @@ class DistillationTrainer(DetectionTrainer):
                 if isinstance(m, nn.BatchNorm2d) and m.weight.grad is not None:
                     m.weight.grad.add_(torch.sign(m.weight.detach()), alpha=self.args.sparsity * scale)
         super().optimizer_step()
+        if self.masks:  # after the step and Ultralytics' EMA update: pruned weights are zero again in both
+            apply_masks(unwrap_model(self.model), self.masks)
+            if self.ema:
+                apply_masks(self.ema.ema, self.masks)
 
 
 # -- callbacks (module-level functions, so the callback dict pickles for DDP) -------------------------------------
@@ -285,6 +295,14 @@ def _install_criterion(trainer: DistillationTrainer) -> None:
         if isinstance(det, DistillationCriterion):
             det = det.det
         model.criterion = DistillationCriterion(det, trainer.distill)
+
+
+def _find_masks(trainer: DistillationTrainer) -> None:
+    trainer.masks = sparse_masks(unwrap_model(trainer.model))
+    if trainer.masks and RANK in {-1, 0}:
+        zeros = sum(int((~m).sum()) for m in trainer.masks.values())
+        log.info("yolo_distill: keeping %d pruned weights at zero in %d layers (a sparse checkpoint)", zeros,
+                 len(trainer.masks))
 
 
 def _set_epoch(trainer: DistillationTrainer) -> None:
