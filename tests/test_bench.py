@@ -37,7 +37,7 @@ def test_mini_bench_report_and_resume(tmp_path, monkeypatch, tiny_data):
     assert sorted(r["name"] for r in saved.values()) == ["student_kd", "student_native", "teacher"]
     calls.clear()
     res = runner.run_bench("mini", out=str(tmp_path / "b"))
-    assert calls == ["pruned_noft", "compact_int8", "carved_noft"], f"finished rows must be skipped, ran {calls}"
+    assert calls == ["pruned_noft", "compact_int8", "carved_noft", "sparse_noft", "lowrank_noft"], calls
     report = (tmp_path / "b" / "report.md").read_text()
     for col in ("params", "GFLOPs", "mAP50-95", "ONNX ms", "INT8 ms", "last.pt mAP50-95"):
         assert col in report
@@ -48,6 +48,12 @@ def test_mini_bench_report_and_resume(tmp_path, monkeypatch, tiny_data):
     assert all(r["parity_ok"] for r in by.values())
     assert by["pruned_noft"]["params"] < by["teacher"]["params"]
     assert by["carved_noft"]["params"] == 3_012_408, "the carved row is exactly a stock 8-class YOLOv8n"
+    # fine-grained zeros: same shapes, half the weights of the layers in scope, a smaller compressed file
+    sp, t = by["sparse_noft"], by["teacher"]
+    assert sp["params"] == t["params"] and sp["nonzero_params"] < 0.6 * t["nonzero_params"]
+    assert sp["gzip_mb"] < 0.8 * t["gzip_mb"] and "Size on disk" in report
+    assert (tmp_path / "b" / "map_vs_size.png").stat().st_size > 0
+    assert by["lowrank_noft"]["gflops"] == pytest.approx(0.6 * t["gflops"], rel=0.03)
     # what a user gets at the end of training is measured beside the best epoch (trained rows only)
     assert by["student_kd"]["last_map50_95"] >= 0 and "last_map50_95" not in by["pruned_noft"]
     assert by["pruned_noft"]["gflops"] <= 0.5 * by["teacher"]["gflops"] * 1.01
@@ -145,9 +151,10 @@ def test_results_written_by_another_bench_process_are_kept(tmp_path):
 def test_shipped_bench_recipes_validate():
     from yolo_distill.config import CONFIG_ROOT
 
+    spec_kinds = ("train", "prune", "carve", "lowrank", "export")
     for path in sorted((CONFIG_ROOT / "bench").glob("*.yaml")):
         spec = load_bench_recipe(path)
-        assert spec.rows and all(r.kind in ("train", "prune", "carve", "export") for r in spec.rows), path.name
+        assert spec.rows and all(r.kind in spec_kinds for r in spec.rows), path.name
 
 
 def test_finished_training_is_reused_not_rerun(tmp_path, monkeypatch):

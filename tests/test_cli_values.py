@@ -62,7 +62,14 @@ CARVE = {
     "model": ("{tmp}/missing.pt", "never downloads weights"), "target": ("yolo11n.pt", "target='yolo11n.pt'"),
     "out": ("{tmp}/c.txt", "out="), "method": ("taylor", "method='taylor'"), "imgsz": ("big", "imgsz='big'"),
 }  # fmt: skip
-TABLES = {"prune": PRUNE, "export": EXPORT, "bench": BENCH, "demo": DEMO, "train": TRAIN, "carve": CARVE}
+LOWRANK = {
+    "model": ("{tmp}/missing.pt", "never downloads weights"), "energy": ("1.5", "energy=1.5"),
+    "gflops": ("0.5", "gflops=0.5"), "rank": ("0", "rank=0"), "scope": ("nope", "scope='nope'"),
+    "protect": ("nolayer", "protect"), "min_gain": ("1", "min_gain=1"), "data": ("{tmp}/none.yaml", "data="),
+    "out": ("{tmp}/o.txt", "out="), "imgsz": ("16", "imgsz=16"), "val": ("maybe", "val='maybe'"),
+}  # fmt: skip
+TABLES = {"prune": PRUNE, "export": EXPORT, "bench": BENCH, "demo": DEMO, "train": TRAIN, "carve": CARVE,
+          "lowrank": LOWRANK}  # fmt: skip
 
 
 def test_the_table_covers_every_key():
@@ -75,6 +82,7 @@ def test_the_table_covers_every_key():
     assert set(DEMO) == keys_of(api.run_demo)
     assert set(TRAIN) == keys_of(api.train)
     assert set(CARVE) == keys_of(api.carve)
+    assert set(LOWRANK) == keys_of(api.lowrank)
     assert set(SHAPES) == {f.name for f in fields(api.ShapesSpec)} | {"out", "overwrite"}
 
 
@@ -117,6 +125,7 @@ def test_a_bad_value_is_one_line_exit_2_and_writes_nothing(cmd, key, tmp_path, t
         "train": {"model": "yolo11n.yaml", "data": str(tiny_data), "epochs": "1", "imgsz": "64",
                   "project": str(work / "r")},
         "carve": {"model": str(ckpt), "target": "yolo11n.yaml", "out": str(work / "c.pt")},
+        "lowrank": {"model": str(ckpt), "imgsz": "64", "out": str(work / "l.pt")},
     }[cmd]  # fmt: skip
     value, expected = TABLES[cmd][key]
     args = {**good, key: _fill(value, work, ckpt, tiny_data)}

@@ -9,6 +9,7 @@ demo are ``run_bench`` / ``run_demo``: ``yolo_distill.bench`` and ``yolo_distill
 | :func:`prune` | structured channel pruning of a checkpoint into a stock checkpoint |
 | :func:`iterative_prune` | prune / fine-tune rounds from a ``configs/prune`` recipe |
 | :func:`carve` | cut a stock smaller model of the family (a target YAML) out of a trained checkpoint |
+| :func:`lowrank` | low-rank factorization (SVD / spatial SVD) of a checkpoint's convolutions |
 | :func:`export` | ONNX export with PyTorch parity, INT8 and latency |
 | :func:`evaluate` | mAP of a checkpoint or an exported model |
 | :func:`run_bench` | a benchmark recipe, cached and resumable |
@@ -26,6 +27,7 @@ from yolo_distill.bench.step_cost import measure as kd_step_cost
 from yolo_distill.compress.carve import carve_checkpoint as carve
 from yolo_distill.compress.checkpoint import prune_checkpoint as prune
 from yolo_distill.compress.iterative import IterativeRecipe, iterative_prune
+from yolo_distill.compress.lowrank import lowrank_checkpoint as lowrank
 from yolo_distill.config import shipped_recipes as recipes
 from yolo_distill.data.checks import check_detection_dataset as check_dataset
 from yolo_distill.data.convert import coco_to_yolo, voc_to_yolo
@@ -41,6 +43,6 @@ distill = train
 
 __all__ = [
     "IterativeRecipe", "ShapesSpec", "UnknownName", "carve", "check_dataset", "coco_to_yolo", "distill", "evaluate",
-    "export", "generate_shapes", "iterative_prune", "kd_step_cost", "prune", "prune_speed", "recipes", "run_bench",
-    "run_demo", "train", "voc_to_yolo",
+    "export", "generate_shapes", "iterative_prune", "kd_step_cost", "lowrank", "prune", "prune_speed", "recipes",
+    "run_bench", "run_demo", "train", "voc_to_yolo",
 ]  # fmt: skip

@@ -26,6 +26,7 @@ commands:
   train    train a student, with distillation when teacher= is given
   prune    structured channel pruning of a detection checkpoint
   carve    cut a stock smaller model of the family (e.g. yolo11n) out of a trained checkpoint (e.g. a yolo11s)
+  lowrank  factorize a checkpoint's convolutions into two thinner ones each (SVD / spatial SVD)
   export   ONNX export with PyTorch parity check, optional INT8, and latency
   bench    run a benchmark recipe and write its report
   demo     every stage on the built-in dataset, with a summary table
@@ -161,6 +162,16 @@ def _carve(kv: dict[str, Any]) -> None:
     api.carve(**kv)
 
 
+def _lowrank(kv: dict[str, Any]) -> None:
+    from yolo_distill import api
+
+    _check_keys("lowrank", kv, keys_of(api.lowrank))
+    if "model" not in kv:
+        raise BadValue("model= (the checkpoint to factorize, *.pt) is required")
+    check_values(api.lowrank, kv)
+    api.lowrank(**kv)
+
+
 def _export(kv: dict[str, Any]) -> None:
     from yolo_distill import api
 
@@ -262,6 +273,13 @@ COMMANDS: dict[str, Command] = {
         "Writes PRUNED.pt (a stock Ultralytics checkpoint) and PRUNED_report.json beside it.\n"
         "yolo-distill prune model=CKPT.pt data=DATA.yaml recipe=iterative|oneshot|PATH.yaml [out=..] [steps=..]\n"
         "                   iterative pruning (configs/prune/): prune, fine-tune with KD from CKPT, repeat.",
+    ),
+    "lowrank": Command(
+        _lowrank,
+        "yolo-distill lowrank model=CKPT.pt (energy=0.9 | gflops=G | gflops=0.6x | rank=R) [scope=backbone|all]\n"
+        "                     [protect=head,3] [min_gain=0.1] [data=DATA.yaml val=True] [out=LOWRANK.pt] [imgsz=640]\n"
+        "Writes LOWRANK.pt (a stock Ultralytics checkpoint) and LOWRANK_report.json beside it; fine-tune it with\n"
+        "yolo-distill train model=LOWRANK.pt teacher=CKPT.pt (its shapes are kept).",
     ),
     "carve": Command(
         _carve,

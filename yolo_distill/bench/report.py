@@ -30,10 +30,54 @@ def write_report(table: list[dict], out_dir: Path, recipe_name: str) -> Path:
         lines.append(line)
         summary.append(point)
     lines += _onnx_lines(names, table)
-    lines += ["", "![mAP vs GFLOPs](map_vs_gflops.png) ![mAP vs latency](map_vs_latency.png)", ""]
+    sizes = _size_lines(names, table)
+    lines += sizes
+    plots = "![mAP vs GFLOPs](map_vs_gflops.png) ![mAP vs latency](map_vs_latency.png)"
+    lines += ["", plots + (" ![mAP vs size](map_vs_size.png)" if sizes else ""), ""]
     write_text_atomic(out_dir / "report.md", "\n".join(lines))
     _plots(summary, out_dir)
+    if sizes:
+        _size_plot(names, table, out_dir)
     return out_dir / "report.md"
+
+
+def _sized(names: list[str], table: list[dict]) -> list[tuple[str, dict, float]]:
+    """``(row, first seed, mean mAP50-95)`` for the rows that measured their size on disk."""
+    out = []
+    for n in names:
+        rs = [r for r in table if r["name"] == n]
+        if rs[0].get("gzip_mb") is not None:
+            out.append((n, rs[0], statistics.fmean(r["map50_95"] for r in rs)))
+    return out
+
+
+def _size_lines(names: list[str], table: list[dict]) -> list[str]:
+    """The size table: non-zero parameters and the stock fp16 checkpoint's size, raw and gzip-compressed."""
+    sized = _sized(names, table)
+    if not sized:
+        return []
+    lines = ["", "Size on disk (the model as a stock fp16 checkpoint; gzip shows what zeros save in storage and "
+             "download; rows from before this column have none):", "",
+             "| row | params | non-zero params | file MB | gzip MB | mAP50-95 |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for n, r, m in sized:
+        lines.append(f"| {n} | {r['params']:,} | {r['nonzero_params']:,} | {r['size_mb']:.2f} | {r['gzip_mb']:.2f} "
+                     f"| {m:.4f} |")  # fmt: skip
+    return lines
+
+
+def _size_plot(names: list[str], table: list[dict], out_dir: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for n, r, m in _sized(names, table):
+        ax.scatter(r["gzip_mb"], m)
+        ax.annotate(n, (r["gzip_mb"], m), fontsize=7)
+    ax.set_xlabel("gzip MB (stock fp16 checkpoint)")
+    ax.set_ylabel("mAP50-95")
+    fig.tight_layout()
+    fig.savefig(out_dir / "map_vs_size.png", dpi=100)
 
 
 def _row_line(n: str, rs: list[dict]) -> tuple[str, tuple]:

@@ -102,8 +102,23 @@ def prune_row(row: Row, s: dict, model: str, out: Path, imgsz: int) -> str:
     if row.gflops_ratio is not None:  # a target relative to the source model, at the bench imgsz
         gflops = row.gflops_ratio * model_stats(load_model(model), imgsz)["gflops"]
     ratio = row.ratio if row.ratio is not None else 0.5
+    fine = {} if row.granularity == "filter" else {"granularity": row.granularity, "n": row.n, "m": row.m}
     prune_checkpoint(model, ratio=ratio, gflops=gflops, protect=row.protect, method=row.method, scope=row.scope,
-                     out=str(dst), imgsz=imgsz, data=s["data"], allocation=row.allocation)  # fmt: skip
+                     out=str(dst), imgsz=imgsz, data=s["data"], allocation=row.allocation, **fine)  # fmt: skip
+    return str(dst)
+
+
+def lowrank_row(row: Row, s: dict, model: str, out: Path, imgsz: int) -> str:
+    """Factorize ``model`` as the row says into the bench's ``lowrank/`` folder; returns the checkpoint."""
+    from yolo_distill.compress.checkpoint import report_path
+    from yolo_distill.compress.lowrank import lowrank_checkpoint
+
+    dst = out / "lowrank" / f"{run_name(row, s)}.pt"
+    dst.unlink(missing_ok=True)  # a stale output of a killed row: the bench's own file
+    report_path(dst).unlink(missing_ok=True)
+    gflops = f"{row.gflops_ratio}x" if row.gflops_ratio is not None else row.gflops
+    lowrank_checkpoint(model, energy=row.energy, gflops=gflops, rank=row.rank, scope=row.scope, protect=row.protect,
+                       out=str(dst), imgsz=imgsz)  # fmt: skip
     return str(dst)
 
 
@@ -131,6 +146,8 @@ def run_row(row: Row, s: dict, done: dict[str, dict], out: Path) -> dict:
         model = prune_row(row, s, model, out, common["imgsz"])
     elif row.kind == "carve":
         model = carve_row(row, s, model, out, common["imgsz"])
+    elif row.kind == "lowrank":
+        model = lowrank_row(row, s, model, out, common["imgsz"])
     epochs = row.epochs if row.epochs is not None else s.get("epochs", 10)
     if epochs:
         run_dir = train_row(row, s, done, model, epochs, common)
@@ -149,11 +166,28 @@ def run_row(row: Row, s: dict, done: dict[str, dict], out: Path) -> dict:
     res.update(map50_95=m["map50_95"], map50=m["map50"])
     st = model_stats(load_model(res["checkpoint"]), common["imgsz"])
     res.update(params=st["params"], gflops=st["gflops"])
+    res.update(size_stats(res["checkpoint"]))
     res.update(export_row(row, s, res["checkpoint"], out))
     if has_step_cost(row):
         res.update(kd_step_cost(row, s, done))
     res["seconds"] = time.time() - t0
     return res
+
+
+def size_stats(checkpoint: str) -> dict[str, float]:
+    """Non-zero parameters, and the size of the model as a stock fp16 checkpoint on disk, raw and gzip-compressed
+    (what zeros from fine-grained pruning save; a training checkpoint's extra state is left out)."""
+    import tempfile
+    import zlib
+
+    from yolo_distill.checkpoints import save_stock_checkpoint
+
+    model = load_model(checkpoint)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_stock_checkpoint(model, Path(tmp) / "m.pt")
+        raw = path.read_bytes()
+    return {"nonzero_params": int(sum(int(p.count_nonzero()) for p in model.parameters())),
+            "size_mb": len(raw) / 1e6, "gzip_mb": len(zlib.compress(raw, 6)) / 1e6}  # fmt: skip
 
 
 def export_row(row: Row, s: dict, checkpoint: str, out: Path) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any
 from yolo_distill.config import find_recipe, load_yaml
 from yolo_distill.registry import UnknownName
 
-ROW_KINDS = ("train", "prune", "carve", "export")
+ROW_KINDS = ("train", "prune", "carve", "lowrank", "export")
 SETTINGS = ("data", "imgsz", "epochs", "batch", "seed", "export_imgsz", "device")
 REF_FIELDS = ("teacher", "from", "model", "distill_model")  # fields that may name an earlier row as "@row"
 
@@ -27,7 +27,8 @@ class Row:
     Attributes:
         name: the row's label (report, run folder); not part of what it computes.
         kind: ``train`` (a student or a teacher), ``prune`` (prune ``from``, then fine-tune), ``carve`` (carve
-            ``target`` out of ``from``, then fine-tune) or ``export`` (export ``from``, no training with ``epochs: 0``).
+            ``target`` out of ``from``, then fine-tune), ``lowrank`` (factorize ``from``, then fine-tune) or
+            ``export`` (export ``from``, no training with ``epochs: 0``).
         model: the model to train (``*.yaml``, ``*.pt`` or ``@row``).
         source: the checkpoint a prune or export row starts from (``from:`` in YAML; ``@row`` or a path).
         teacher: the KD teacher (``@row`` or a path); absent or null = no distillation.
@@ -38,6 +39,9 @@ class Row:
         ratio, gflops, gflops_ratio, protect, method, scope, allocation: pruning (``prune`` rows).
         int8: also export an INT8 ONNX model.
         target: for ``carve`` rows, the model YAML carved out of ``from`` (e.g. ``yolo11n.yaml``).
+        granularity, n, m: ``prune`` rows: ``filter`` (channels) or zeros in dense weights (``kernel``, ``vector``,
+            ``weight``, ``nm`` with ``n`` of ``m``); ``ratio`` is then the sparsity.
+        energy, rank: ``lowrank`` rows (or ``gflops_ratio``).
         spec: the row's keys exactly as written: what the cache key is made of.
     """
 
@@ -59,6 +63,11 @@ class Row:
     allocation: str = "uniform"
     int8: bool = False
     target: str | None = None
+    granularity: str = "filter"
+    n: int = 2
+    m: int = 4
+    energy: float | None = None
+    rank: int | None = None
     spec: dict = field(default_factory=dict, compare=False, repr=False)
 
     def refs(self) -> list[str]:
@@ -128,7 +137,16 @@ def parse_row(raw: Any, where: str, defined: set[str]) -> Row:
         raise ValueError(f"{where}: a train row needs model= (a *.yaml, a *.pt or @row)")
     if raw["kind"] == "carve" and not str(raw.get("target", "")).endswith((".yaml", ".yml")):
         raise ValueError(f"{where}: a carve row needs target= (a model YAML such as yolo11n.yaml)")
-    if raw["kind"] in ("prune", "carve", "export") and not raw.get("from"):
+    if "granularity" in raw and raw["granularity"] not in ("filter", "kernel", "vector", "weight", "nm"):
+        raise ValueError(f"{where}: granularity must be filter, kernel, vector, weight or nm, got "
+                         f"{raw['granularity']!r}")
+    for k in ("n", "m", "rank"):
+        if k in raw:
+            _check_int(where, k, raw[k], 1)
+    e = raw.get("energy")
+    if e is not None and (not isinstance(e, (int, float)) or isinstance(e, bool) or not 0 < e <= 1):
+        raise ValueError(f"{where}: energy must be a number in (0, 1], got {e!r}")
+    if raw["kind"] in ("prune", "carve", "lowrank", "export") and not raw.get("from"):
         raise ValueError(f"{where}: a {raw['kind']} row needs from= (a checkpoint path or @row)")
     for f in REF_FIELDS:
         v = raw.get(f)

@@ -30,7 +30,7 @@ def _outputs(src: Path, out: str | None) -> tuple[Path, Path]:
     """The output checkpoint and report paths; refuses the source itself and anything that exists."""
     dst = Path(out) if out else src.with_name(f"{src.stem}_pruned.pt")
     if dst.suffix != ".pt":
-        raise ValueError(f"out={dst}: the pruned checkpoint must be a *.pt path")
+        raise ValueError(f"out={dst}: the output checkpoint must be a *.pt path")
     if dst.resolve() == src.resolve():
         raise ValueError("out= must differ from model=: the source checkpoint is never overwritten")
     rep = report_path(dst)
