@@ -27,7 +27,7 @@ commands:
   prune    structured channel pruning of a detection checkpoint
   carve    cut a stock smaller model of the family (e.g. yolo11n) out of a trained checkpoint (e.g. a yolo11s)
   lowrank  factorize a checkpoint's convolutions into two thinner ones each (SVD / spatial SVD)
-  export   ONNX export with PyTorch parity check, optional INT8, and latency
+  export   ONNX / OpenVINO export with PyTorch parity check, optional INT8, latency and mAP
   bench    run a benchmark recipe and write its report
   demo     every stage on the built-in dataset, with a summary table
   data     generate the built-in dataset or convert COCO-JSON / VOC-XML labels
@@ -291,10 +291,13 @@ COMMANDS: dict[str, Command] = {
     ),
     "export": Command(
         _export,
-        "yolo-distill export model=CKPT.pt [format=onnx] [imgsz=640] [int8=False data=DATA.yaml] [half=False]\n"
+        "yolo-distill export model=CKPT.pt [format=onnx|openvino|all] [imgsz=640] [int8=False data=DATA.yaml]\n"
+        "                    [half=False]\n"
         "                    [dynamic=False] [opset=None] [simplify=True] [threads=2] [runs=50] [overwrite=False]\n"
         "                    [calib_method=minmax|percentile|entropy] [calib_images=64]\n"
-        "Writes CKPT.onnx (CKPT_int8.onnx) and CKPT_export.json with parity and latency beside the checkpoint.",
+        "Writes CKPT.onnx (CKPT_int8.onnx), CKPT_openvino_model/ (CKPT_int8_openvino_model/) and CKPT_export.json\n"
+        "with parity, latency (all runtimes side by side) and mAP beside the checkpoint. OpenVINO needs\n"
+        "pip install -e \".[openvino]\".",
     ),
     "bench": Command(
         _bench,

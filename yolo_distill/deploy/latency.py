@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -54,15 +55,28 @@ def time_torch(model: torch.nn.Module, x: np.ndarray, threads: int = 2, runs: in
 def compare_onnx(paths: list[str | Path], x: np.ndarray, threads: int = 2, runs: int = 50, warmup: int = 5) -> dict:
     """ONNX Runtime latency of several models measured interleaved (one run of each in turn), so that load on the
     machine affects all of them alike and their ratios hold. Returns ``{path: stats}``."""
-    sessions = {str(p): ort_session(p, threads) for p in paths}
-    names = {p: s.get_inputs()[0].name for p, s in sessions.items()}
+    runners = {str(p): ort_runner(p, threads) for p in paths}
+    return compare_runners(runners, x, runs, warmup, f"{threads} thread(s)")
+
+
+def ort_runner(path: str | Path, threads: int = 2) -> Callable[[np.ndarray], list]:
+    """A function running an input array through an ONNX Runtime session of ``path`` (see :func:`ort_session`)."""
+    sess = ort_session(path, threads)
+    name = sess.get_inputs()[0].name
+    return lambda x: sess.run(None, {name: x})
+
+
+def compare_runners(runners: dict[str, Callable[[np.ndarray], object]], x: np.ndarray, runs: int = 50,
+                    warmup: int = 5, note: str = "") -> dict:  # fmt: skip
+    """Latency of several models, each a function of the input (any runtime), measured interleaved: one run of each
+    in turn, so load on the machine affects all alike. Returns ``{name: {"median", "p90", "runs"}}`` in ms."""
     for _ in range(warmup):
-        for p, s in sessions.items():
-            s.run(None, {names[p]: x})
-    times: dict[str, list[float]] = {p: [] for p in sessions}
-    for _ in progress(range(runs), f"latency, {len(sessions)} model(s) interleaved, {threads} thread(s)"):
-        for p, s in sessions.items():
+        for run in runners.values():
+            run(x)
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in progress(range(runs), f"latency, {len(runners)} model(s) interleaved {note}".strip()):
+        for k, run in runners.items():
             t = time.perf_counter()
-            s.run(None, {names[p]: x})
-            times[p].append(time.perf_counter() - t)
-    return {p: _stats(t) for p, t in times.items()}
+            run(x)
+            times[k].append(time.perf_counter() - t)
+    return {k: _stats(t) for k, t in times.items()}

@@ -1,7 +1,9 @@
-"""ONNX export through Ultralytics' exporter, a parity check against PyTorch on every export, optional INT8.
+"""The export workflow: ONNX (and OpenVINO) through Ultralytics' exporter, a parity check against PyTorch on every
+export, optional INT8, latency through each runtime measured side by side, mAP through each runtime.
 
-Writes next to the checkpoint, as Ultralytics does: ``CKPT.onnx``, ``CKPT_int8.onnx`` and ``CKPT_export.json``.
-Existing outputs are never overwritten unless ``overwrite=True``.
+Writes next to the checkpoint, as Ultralytics does: ``CKPT.onnx``, ``CKPT_int8.onnx``, ``CKPT_openvino_model/``,
+``CKPT_int8_openvino_model/`` and ``CKPT_export.json``. Existing outputs are never overwritten unless
+``overwrite=True``. The OpenVINO steps are in :mod:`yolo_distill.deploy.openvino`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from yolo_distill.checkpoints import load_model, write_text_atomic
 from yolo_distill.config import require, require_int
 from yolo_distill.data.builtin import require_data
 from yolo_distill.data.images import dataset_images, letterbox_images
-from yolo_distill.deploy.latency import time_onnx, time_torch
+from yolo_distill.deploy import openvino as ov
+from yolo_distill.deploy.latency import compare_runners, ort_runner
 from yolo_distill.deploy.parity import Parity, ParityError, check_parity
 from yolo_distill.deploy.quantize import CALIBRATION, quantize_int8
 from yolo_distill.evaluation import evaluate
@@ -27,15 +30,23 @@ from yolo_distill.log import LOGGER, table
 __all__ = ["ExportReport", "Parity", "ParityError", "check_parity", "export_checkpoint"]
 
 
+#: ``format=`` values; ``all`` is every runtime installed here
+FORMATS = ("onnx", "openvino", "all")
+
+
 @dataclass
 class ExportReport:
-    """What ``CKPT_export.json`` holds."""
+    """What ``CKPT_export.json`` holds (``None`` for a format not exported)."""
 
     checkpoint: str
-    onnx: str
+    onnx: str | None
     imgsz: int
-    parity: Parity
+    parity: Parity | None
     precision: str = "fp32"
+    openvino: str | None = None
+    openvino_parity: Parity | None = None
+    openvino_int8: str | None = None
+    openvino_int8_parity: Parity | None = None
     latency_ms: dict = field(default_factory=dict)
     int8_onnx: str | None = None
     int8_calibration: str | None = None
@@ -68,9 +79,10 @@ def export_checkpoint(
 
     Args:
         model: the ``*.pt`` checkpoint (plain, distilled or pruned).
-        format: only ``onnx``.
+        format: ``onnx``, ``openvino`` (needs the ``openvino`` extra) or ``all`` (both).
         imgsz: square input size; rounded up to a multiple of the max stride, with a warning.
-        int8: also write ``CKPT_int8.onnx`` (static QDQ, per-channel weights, Detect head kept in fp32).
+        int8: also write ``CKPT_int8.onnx`` (static QDQ, per-channel weights, Detect head kept in fp32) and/or
+            ``CKPT_int8_openvino_model/`` (NNCF post-training quantization, box/score decoding in float).
         data: data YAML (or built-in name) of the model's classes, for parity images, INT8 calibration and mAP;
             default: the checkpoint's training data when it is on this machine, else none (parity and latency then
             run on Ultralytics' sample images and no mAP is measured). Refused when its classes differ.
@@ -78,7 +90,7 @@ def export_checkpoint(
         dynamic: dynamic batch and image size.
         opset: ONNX opset (default: Ultralytics' choice).
         simplify: run onnxslim.
-        threads: ONNX Runtime / PyTorch CPU threads for parity and latency.
+        threads: CPU threads of every runtime (ONNX Runtime, OpenVINO, PyTorch) for parity and latency.
         runs: timed runs for latency (after warm-up).
         calib_images: calibration images for INT8.
         parity_images: images for the parity check.
@@ -92,12 +104,12 @@ def export_checkpoint(
         The report, also written to ``CKPT_export.json``.
 
     Raises:
-        ParityError: ONNX Runtime disagrees with PyTorch beyond tolerance (the report is written first).
+        ParityError: a runtime disagrees with PyTorch beyond tolerance (the report is written first).
     """
-    if format != "onnx":
-        raise ValueError(
-            f"format {format!r} is not supported; yolo_distill exports format=onnx (with int8=True for INT8)"
-        )
+    require(format in FORMATS, "format", format, f"one of {', '.join(FORMATS)} (with int8=True for INT8)")
+    formats = {"onnx", "openvino"} if format == "all" else {format}
+    if "openvino" in formats:
+        ov.require_runtime(int8)
     if int8 and half:
         raise ValueError("int8=True and half=True are exclusive (INT8 is calibrated from the FP32 model); export twice")
     for key, value, low in (("imgsz", imgsz, 32), ("threads", threads, 1), ("runs", runs, 1),
@@ -114,7 +126,7 @@ def export_checkpoint(
     if type(net).__name__ != "DetectionModel":
         raise ValueError(f"{ckpt} holds a {type(net).__name__}; yolo_distill exports detection models only")
     imgsz = _fit_imgsz(net, imgsz)
-    out_onnx, out_int8, out_json = _plan_outputs(ckpt, int8, overwrite)
+    out_onnx, out_int8, out_json = _plan_outputs(ckpt, int8, overwrite, formats)
     data = _data_for(net, data)
     if int8 and not data:
         raise ValueError("int8=True needs data= (a dataset of the model's classes: its images calibrate INT8)")
@@ -132,27 +144,47 @@ def export_checkpoint(
     score_tol = score_tol if score_tol is not None else (5e-3 if half else 1e-4)
     box_tol = box_tol if box_tol is not None else (1.0 if half else 1e-3)
 
-    onnx_path = _export_onnx(ckpt, out_onnx, imgsz, dynamic, opset, simplify, half)
     batch = letterbox_images(images[:parity_images], imgsz) if images else np.random.rand(2, 3, imgsz, imgsz)
     batch = batch.astype(np.float32)
     ref = load_model(ckpt).fuse().eval()
-    parity = check_parity(
-        ref, onnx_path, batch, end2end, score_tol, box_tol, threads,
-        fp64_factory=lambda: load_model(ckpt).fuse().eval().double(),
-    )  # fmt: skip
-    report = ExportReport(str(ckpt), str(onnx_path), imgsz, parity, precision="fp16" if half else "fp32")
-    key = "onnx_fp16" if half else "onnx_fp32"
-    _latency(report, key, onnx_path, ref, batch[:1], threads, runs)
-    if int8:
-        _quantize(report, onnx_path, out_int8, images, imgsz, calib_images, calib_method, overwrite)
-        report.latency_ms["onnx_int8"] = time_onnx(out_int8, batch[:1], threads, runs)
-        report.int8_parity = check_parity(ref, out_int8, batch, end2end, math.inf, math.inf, threads)
+    fp64 = lambda: load_model(ckpt).fuse().eval().double()  # noqa: E731
+    prec = "fp16" if half else "fp32"
+    report = ExportReport(str(ckpt), None, imgsz, None, precision=prec)
+    models: dict[str, Path] = {}  # latency and mAP keys -> exported model
+    runners: dict[str, object] = {}
+    if "onnx" in formats:
+        onnx_path = _export_onnx(ckpt, out_onnx, imgsz, dynamic, opset, simplify, half)
+        report.onnx = str(onnx_path)
+        report.parity = check_parity(ref, onnx_path, batch, end2end, score_tol, box_tol, threads, fp64_factory=fp64)
+        models[f"onnx_{prec}"] = onnx_path
+        if int8:
+            _quantize(report, onnx_path, out_int8, images, imgsz, calib_images, calib_method, overwrite)
+            report.int8_parity = check_parity(ref, out_int8, batch, end2end, math.inf, math.inf, threads)
+            models["onnx_int8"] = out_int8
+    if "openvino" in formats:
+        ov_dir, ov_int8 = ov.output_dirs(ckpt)
+        ov.export_openvino(ckpt, ov_dir, imgsz, half=half)
+        report.openvino = str(ov_dir)
+        report.openvino_parity = check_parity(ref, ov.ov_runner(ov_dir, threads), batch, end2end, score_tol, box_tol,
+                                              fp64_factory=fp64)  # fmt: skip
+        models[f"openvino_{prec}"] = ov_dir
+        if int8:
+            n_val = max(len(dataset_images(data, 10_000, split="val")), 1)
+            ov.export_openvino(ckpt, ov_int8, imgsz, int8=True, data=data, fraction=min(1.0, calib_images / n_val))
+            report.openvino_int8 = str(ov_int8)
+            report.openvino_int8_parity = check_parity(ref, ov.ov_runner(ov_int8, threads), batch, end2end, math.inf,
+                                                       math.inf)  # fmt: skip
+            models["openvino_int8"] = ov_int8
+    for k, path in models.items():
+        runners[k] = ov.ov_runner(path, threads) if k.startswith("openvino") else ort_runner(path, threads)
+    report.latency_ms = _latency(runners, ref, batch[:1], threads, runs)
     if validate and data:
-        _validate(report, {key: onnx_path, "onnx_int8": out_int8 if int8 else None}, data, imgsz)
+        _validate(report, models, data, imgsz)
     write_text_atomic(out_json, json.dumps(asdict(report), indent=2))
     LOGGER.info(summary(report))
-    if not parity.ok:
-        raise ParityError(_parity_message(ckpt, parity, box_tol, score_tol, out_json))
+    for name, par in (("ONNX Runtime", report.parity), ("OpenVINO", report.openvino_parity)):
+        if par is not None and not par.ok:
+            raise ParityError(_parity_message(ckpt, par, box_tol, score_tol, out_json, name))
     return report
 
 
@@ -191,13 +223,25 @@ def _fit_imgsz(net: nn.Module, imgsz: int) -> int:
     return imgsz
 
 
-def _plan_outputs(ckpt: Path, int8: bool, overwrite: bool) -> tuple[Path, Path, Path]:
-    """``CKPT.onnx``, ``CKPT_int8.onnx`` and ``CKPT_export.json`` beside the checkpoint; refuses existing ones."""
+def _plan_outputs(ckpt: Path, int8: bool, overwrite: bool, formats: set[str]) -> tuple[Path, Path, Path]:
+    """``CKPT.onnx``, ``CKPT_int8.onnx`` and ``CKPT_export.json`` beside the checkpoint; refuses existing outputs
+    (the OpenVINO folders too); an existing OpenVINO folder is removed only with ``overwrite``."""
     out_onnx, out_int8 = ckpt.with_suffix(".onnx"), ckpt.with_name(f"{ckpt.stem}_int8.onnx")
     out_json = ckpt.with_name(f"{ckpt.stem}_export.json")
-    existing = [p for p in (out_onnx, out_json, out_int8 if int8 else None) if p is not None and p.exists()]
+    planned = [out_json]
+    if "onnx" in formats:
+        planned += [out_onnx] + ([out_int8] if int8 else [])
+    if "openvino" in formats:
+        ov_dir, ov_int8 = ov.output_dirs(ckpt)
+        planned += [ov_dir] + ([ov_int8] if int8 else [])
+    existing = [p for p in planned if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{[str(p) for p in existing]} already exist; pass overwrite=True or move them away")
+    for p in existing:
+        if p.is_dir():  # an export folder of ours being replaced (overwrite=True)
+            import shutil
+
+            shutil.rmtree(p)
     return out_onnx, out_int8, out_json
 
 
@@ -224,10 +268,18 @@ def _export_onnx(ckpt: Path, out: Path, imgsz: int, dynamic: bool, opset: int | 
     return out
 
 
-def _latency(report: ExportReport, key: str, onnx_path: Path, ref: nn.Module, x1: np.ndarray, threads: int,
-             runs: int) -> None:  # fmt: skip
-    report.latency_ms[key] = time_onnx(onnx_path, x1, threads, runs)
-    report.latency_ms["torch_fp32"] = time_torch(ref, x1, threads, max(runs // 2, 10))
+def _latency(runners: dict, ref: nn.Module, x1: np.ndarray, threads: int, runs: int) -> dict:
+    """Every exported model and PyTorch eager, timed interleaved (their ratios hold under machine load)."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            t_in = torch.from_numpy(x1)
+            return compare_runners({**runners, "torch_fp32": lambda x: ref(t_in)}, x1, runs, 5, f"{threads} thread(s)")
+    finally:
+        torch.set_num_threads(prev)
 
 
 def _quantize(report: ExportReport, onnx_path: Path, out_int8: Path, images: list[Path], imgsz: int,
@@ -245,7 +297,8 @@ def _validate(report: ExportReport, models: dict[str, Path | None], data: str, i
             report.map50_95[k], report.map50[k] = m["map50_95"], m["map50"]
 
 
-def _parity_message(ckpt: Path, parity: Parity, box_tol: float, score_tol: float, out_json: Path) -> str:
+def _parity_message(ckpt: Path, parity: Parity, box_tol: float, score_tol: float, out_json: Path,
+                    runtime: str = "ONNX Runtime") -> str:  # fmt: skip
     noise = (
         f"; vs an fp64 reference ONNX is off by {parity.onnx_vs_fp64_box:.3g} px, PyTorch fp32 by "
         f"{parity.fp32_noise_box:.3g} px"
@@ -253,7 +306,7 @@ def _parity_message(ckpt: Path, parity: Parity, box_tol: float, score_tol: float
         else ""
     )
     return (
-        f"ONNX Runtime and PyTorch disagree on {ckpt}{noise}: max |box diff| {parity.max_abs_box:.3g} px "
+        f"{runtime} and PyTorch disagree on {ckpt}{noise}: max |box diff| {parity.max_abs_box:.3g} px "
         f"(tol {box_tol}), max |score diff| {parity.max_abs_score:.3g} (tol {score_tol}), detections "
         f"{parity.detections_torch} vs {parity.detections_onnx} ({parity.detections_matched} matched); see {out_json}"
     )
@@ -261,17 +314,19 @@ def _parity_message(ckpt: Path, parity: Parity, box_tol: float, score_tol: float
 
 def summary(r: ExportReport) -> str:
     """The report as text: parity verdict, then latency and mAP per model."""
-    p = r.parity
-    lines = [
-        f"export {r.checkpoint} -> {r.onnx} (imgsz {r.imgsz})",
-        f"parity on {p.images} images: max|box| {p.max_abs_box:.2e} px, max|score| {p.max_abs_score:.2e}, "
-        f"detections {p.detections_torch}/{p.detections_onnx} matched {p.detections_matched}: "
-        f"{'OK' if p.ok else 'FAIL'}",
-    ]
-    if p.judged_by == "fp64 reference":
+    outs = ", ".join(x for x in (r.onnx, r.int8_onnx, r.openvino, r.openvino_int8) if x)
+    lines = [f"export {r.checkpoint} -> {outs} (imgsz {r.imgsz})"]
+    for name, p in (("ONNX", r.parity), ("OpenVINO", r.openvino_parity)):
+        if p is None:
+            continue
         lines.append(
-            f"judged against fp64: ONNX max|box| {p.onnx_vs_fp64_box:.2e} px, PyTorch-fp32 {p.fp32_noise_box:.2e} px"
+            f"{name} parity on {p.images} images: max|box| {p.max_abs_box:.2e} px, max|score| {p.max_abs_score:.2e}, "
+            f"detections {p.detections_torch}/{p.detections_onnx} matched {p.detections_matched}: "
+            f"{'OK' if p.ok else 'FAIL'}"
         )
+        if p.judged_by == "fp64 reference":
+            lines.append(f"  judged against fp64: {name} max|box| {p.onnx_vs_fp64_box:.2e} px, PyTorch-fp32 "
+                         f"{p.fp32_noise_box:.2e} px")  # fmt: skip
     rows = [[k, v["median"], v["p90"], r.map50_95.get(k)] for k, v in r.latency_ms.items()]
     lines.append(table(rows, ["model", "median ms", "p90 ms", "mAP50-95"], ["", ".2f", ".2f", ".4f"]))
     return "\n".join(lines)

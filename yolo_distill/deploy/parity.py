@@ -64,7 +64,7 @@ def _match(a: np.ndarray, b: np.ndarray, iou_thr: float = 0.99) -> int:
 
 def check_parity(
     torch_model: torch.nn.Module,
-    onnx_path: Path,
+    runtime: Path | Callable[[np.ndarray], np.ndarray],
     images: np.ndarray,
     end2end: bool,
     score_tol: float,
@@ -72,7 +72,10 @@ def check_parity(
     threads: int = 2,
     fp64_factory: Callable[[], torch.nn.Module] | None = None,
 ) -> Parity:
-    """Run ``images`` through PyTorch and ONNX Runtime and compare raw outputs and final detections.
+    """Run ``images`` through PyTorch and a runtime and compare raw outputs and final detections.
+
+    ``runtime`` is an ONNX file (run by ONNX Runtime) or any function from a ``(1, 3, H, W)`` float32 array to the
+    model's raw output (e.g. :func:`yolo_distill.deploy.openvino.ov_runner`).
 
     The raw outputs agree when their max abs differences are within ``score_tol`` and ``box_tol``. When they are
     not and ``fp64_factory`` is given (it builds the same model in float64, and is only called then), they still
@@ -80,8 +83,15 @@ def check_parity(
     fp32's rounding noise (which grows with box coordinates times stride at large ``imgsz``) is not a
     disagreement. Detections must always match.
     """
-    sess = ort_session(onnx_path, threads)
-    name = sess.get_inputs()[0].name
+    if callable(runtime):
+        run = runtime
+    else:
+        sess = ort_session(runtime, threads)
+        name = sess.get_inputs()[0].name
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return sess.run(None, {name: x})[0]
+
     mb, ms, n_t, n_o, n_m = 0.0, 0.0, 0, 0, 0
     outputs = []  # (torch fp32, onnx) per image, reused by the fp64 judgement
     for i in range(len(images)):
@@ -89,7 +99,7 @@ def check_parity(
         with torch.no_grad():
             yt = torch_model(torch.from_numpy(x))
         yt = (yt[0] if isinstance(yt, (tuple, list)) else yt).float().numpy()
-        yo = sess.run(None, {name: x})[0]
+        yo = run(x)
         outputs.append((yt, yo))
         bt, st = _split_output(yt, end2end)
         bo, so_ = _split_output(yo, end2end)

@@ -1,0 +1,80 @@
+"""OpenVINO: export through Ultralytics' exporter (FP32, FP16 weights, or INT8 by NNCF post-training quantization),
+and the runtime's own Python API for parity and latency.
+
+Outputs sit beside the checkpoint as Ultralytics names them: ``CKPT_openvino_model/`` and
+``CKPT_int8_openvino_model/`` (``.xml``, ``.bin``, ``metadata.yaml``), so ``YOLO("CKPT_openvino_model/")`` predicts and
+validates them. INT8 is NNCF's post-training quantization as Ultralytics runs it: calibrated on images of ``data``,
+with the Detect head's box and score decoding left in float.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+#: the extra that installs the runtime (named in every error about its absence)
+INSTALL = 'pip install -e ".[openvino]"  (or: pip install openvino nncf)'
+
+
+def available() -> bool:
+    """Whether the OpenVINO runtime is installed (and NNCF, which INT8 needs)."""
+    return importlib.util.find_spec("openvino") is not None
+
+
+def require_runtime(int8: bool) -> None:
+    """Raise a clear error, naming the install command, when OpenVINO (or NNCF for INT8) is missing."""
+    if not available():
+        raise ValueError(f"format=openvino needs the OpenVINO runtime, which is not installed: {INSTALL}")
+    if int8 and importlib.util.find_spec("nncf") is None:
+        raise ValueError(f"format=openvino int8=True needs NNCF, which is not installed: {INSTALL}")
+
+
+def output_dirs(ckpt: Path) -> tuple[Path, Path]:
+    """``CKPT_openvino_model`` and ``CKPT_int8_openvino_model`` beside the checkpoint."""
+    return ckpt.with_name(f"{ckpt.stem}_openvino_model"), ckpt.with_name(f"{ckpt.stem}_int8_openvino_model")
+
+
+def export_openvino(ckpt: Path, out: Path, imgsz: int, half: bool = False, int8: bool = False,
+                    data: str | None = None, fraction: float = 1.0) -> Path:  # fmt: skip
+    """Ultralytics' OpenVINO exporter, run on a copy of the checkpoint in a hidden folder beside it; the exported
+    folder is then renamed to ``out``, so a kill leaves no half-written model folder at ``out``."""
+    from ultralytics import YOLO
+
+    work = out.parent / f".{out.name}.exporting"
+    shutil.rmtree(work, ignore_errors=True)  # our own leftover of a killed export
+    work.mkdir(parents=True)
+    try:
+        copy = work / ckpt.name
+        shutil.copy2(ckpt, copy)
+        kw = {"int8": True, "data": data, "fraction": fraction} if int8 else {"half": half}
+        exported = Path(YOLO(str(copy)).export(format="openvino", imgsz=imgsz, device="cpu", **kw))
+        exported = exported if exported.is_absolute() else work / exported.name
+        exported.replace(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def ov_runner(model_dir: str | Path, threads: int = 2, precision: str = "f32") -> Callable[[np.ndarray], np.ndarray]:
+    """A function running a ``(1, 3, H, W)`` float32 array through OpenVINO on the CPU; returns the raw output.
+
+    ``precision`` is OpenVINO's inference precision hint: ``f32`` keeps an FP32 model in FP32 (some CPUs would
+    otherwise compute in bf16), which parity against PyTorch needs; INT8 models run their quantized ops either way.
+    """
+    import openvino as ov
+
+    core = ov.Core()
+    xml = next(Path(model_dir).glob("*.xml"))
+    config = {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY",
+              "INFERENCE_PRECISION_HINT": precision}  # fmt: skip
+    compiled = core.compile_model(core.read_model(str(xml)), "CPU", config)
+    request = compiled.create_infer_request()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.asarray(request.infer([np.ascontiguousarray(x)])[0])
+
+    return run
