@@ -126,6 +126,12 @@ def export_checkpoint(
     if type(net).__name__ != "DetectionModel":
         raise ValueError(f"{ckpt} holds a {type(net).__name__}; yolo_distill exports detection models only")
     imgsz = _fit_imgsz(net, imgsz)
+    qat = _is_qat(net)
+    if qat:  # its Q/DQ ranges are learned: it exports as an INT8 QDQ ONNX model itself
+        require(formats == {"onnx"}, "format", format, "onnx for a QAT checkpoint (only ONNX and TensorRT read "
+                "its learned Q/DQ ranges; export the FP32 checkpoint for OpenVINO)")  # fmt: skip
+        require(not int8, "int8", int8, "false for a QAT checkpoint (its ONNX model is INT8 already)")
+        require(not half, "half", half, "false for a QAT checkpoint (its ONNX model is INT8)")
     out_onnx, out_int8, out_json = _plan_outputs(ckpt, int8, overwrite, formats)
     data = _data_for(net, data)
     if int8 and not data:
@@ -148,7 +154,9 @@ def export_checkpoint(
     batch = batch.astype(np.float32)
     ref = load_model(ckpt).fuse().eval()
     fp64 = lambda: load_model(ckpt).fuse().eval().double()  # noqa: E731
-    prec = "fp16" if half else "fp32"
+    prec = "qat_int8" if qat else "fp16" if half else "fp32"
+    if qat:  # fake quantization in PyTorch vs integer Q/DQ in the runtime: measured, not judged (as INT8)
+        score_tol, box_tol = math.inf, math.inf
     report = ExportReport(str(ckpt), None, imgsz, None, precision=prec)
     models: dict[str, Path] = {}  # latency and mAP keys -> exported model
     runners: dict[str, object] = {}
@@ -183,7 +191,7 @@ def export_checkpoint(
     write_text_atomic(out_json, json.dumps(asdict(report), indent=2))
     LOGGER.info(summary(report))
     for name, par in (("ONNX Runtime", report.parity), ("OpenVINO", report.openvino_parity)):
-        if par is not None and not par.ok:
+        if par is not None and not par.ok and not qat:  # QAT: INT8 against fake quantization, measured (as INT8)
             raise ParityError(_parity_message(ckpt, par, box_tol, score_tol, out_json, name))
     return report
 
@@ -212,6 +220,13 @@ def _data_for(net: nn.Module, data: str | None) -> str | None:
                 f"latency only"
             )
     return data
+
+def _is_qat(net: nn.Module) -> bool:
+    """Whether ``net`` carries Ultralytics' QAT fake quantization (a ``qat=True`` training)."""
+    from ultralytics.utils.torch_utils import is_qat
+
+    return bool(is_qat(net))
+
 
 def _fit_imgsz(net: nn.Module, imgsz: int) -> int:
     """``imgsz`` rounded up to a multiple of the model's max stride (with a warning when it changes)."""

@@ -14,6 +14,7 @@ def train(
     teacher: str | None = None,
     recipe: str | dict | None = "default",
     sparsity: float = 0.0,
+    qat: bool = False,
     **train_args: Any,
 ) -> DistillationTrainer:
     """Train ``model`` (the student) on ``data`` with KD from ``teacher``; without a teacher, train plainly.
@@ -24,6 +25,9 @@ def train(
         teacher: a detection checkpoint ``*.pt`` for the same classes and strides.
         recipe: a shipped recipe name (``configs/distill``), a YAML path, or plain data.
         sparsity: L1 strength on BN scales (network-slimming sparsity training; 0 = off).
+        qat: quantization-aware training: Ultralytics' INT8 fake quantization (``quantize=8``, NVIDIA ModelOpt; the
+            ``qat`` extra) with KD from ``teacher`` as usual (pass the FP32 model itself as the teacher); the
+            result exports to an INT8 QDQ ONNX model.
         **train_args: any Ultralytics train argument (``epochs``, ``imgsz``, ``batch``, ``project``, ``name``...).
 
     Returns:
@@ -41,6 +45,14 @@ def train(
         resolve_weights(teacher)
     require(isinstance(sparsity, (int, float)) and not isinstance(sparsity, bool) and sparsity >= 0, "sparsity",
             sparsity, "a number >= 0 (L1 strength on BN scales)")  # fmt: skip
+    require(isinstance(qat, bool), "qat", qat, "true or false")
+    if qat:
+        import importlib.util
+
+        if importlib.util.find_spec("modelopt") is None:
+            raise ValueError('qat=True needs NVIDIA ModelOpt, which is not installed: pip install -e ".[qat]"')
+        require(train_args.get("quantize", 8) == 8, "quantize", train_args.get("quantize"), "8 with qat=True")
+        train_args["quantize"] = 8
     _check_train_args(train_args)
     data = require_data(data)
     if str(data).endswith((".yaml", ".yml")) and Path(data).exists():
