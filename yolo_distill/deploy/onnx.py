@@ -20,7 +20,9 @@ from yolo_distill.checkpoints import load_model, write_text_atomic
 from yolo_distill.config import require, require_int
 from yolo_distill.data.builtin import require_data
 from yolo_distill.data.images import dataset_images, letterbox_images
+from yolo_distill.deploy import ncnn
 from yolo_distill.deploy import openvino as ov
+from yolo_distill.deploy.exporter import ultralytics_export
 from yolo_distill.deploy.latency import compare_runners, ort_runner
 from yolo_distill.deploy.parity import Parity, ParityError, check_parity
 from yolo_distill.deploy.quantize import CALIBRATION, quantize_int8
@@ -31,7 +33,7 @@ __all__ = ["ExportReport", "Parity", "ParityError", "check_parity", "export_chec
 
 
 #: ``format=`` values; ``all`` is every runtime installed here
-FORMATS = ("onnx", "openvino", "all")
+FORMATS = ("onnx", "openvino", "ncnn", "all")
 
 
 @dataclass
@@ -47,6 +49,8 @@ class ExportReport:
     openvino_parity: Parity | None = None
     openvino_int8: str | None = None
     openvino_int8_parity: Parity | None = None
+    ncnn: str | None = None
+    ncnn_parity: Parity | None = None
     latency_ms: dict = field(default_factory=dict)
     int8_onnx: str | None = None
     int8_calibration: str | None = None
@@ -79,7 +83,8 @@ def export_checkpoint(
 
     Args:
         model: the ``*.pt`` checkpoint (plain, distilled or pruned).
-        format: ``onnx``, ``openvino`` (needs the ``openvino`` extra) or ``all`` (both).
+        format: ``onnx``, ``openvino`` (the ``openvino`` extra), ``ncnn`` (the ``ncnn`` extra; no INT8) or ``all``
+            (every one; INT8 where the runtime offers it).
         imgsz: square input size; rounded up to a multiple of the max stride, with a warning.
         int8: also write ``CKPT_int8.onnx`` (static QDQ, per-channel weights, Detect head kept in fp32) and/or
             ``CKPT_int8_openvino_model/`` (NNCF post-training quantization, box/score decoding in float).
@@ -107,9 +112,11 @@ def export_checkpoint(
         ParityError: a runtime disagrees with PyTorch beyond tolerance (the report is written first).
     """
     require(format in FORMATS, "format", format, f"one of {', '.join(FORMATS)} (with int8=True for INT8)")
-    formats = {"onnx", "openvino"} if format == "all" else {format}
+    formats = {"onnx", "openvino", "ncnn"} if format == "all" else {format}
     if "openvino" in formats:
         ov.require_runtime(int8)
+    if "ncnn" in formats:
+        ncnn.require_runtime(int8 and format == "ncnn")
     if int8 and half:
         raise ValueError("int8=True and half=True are exclusive (INT8 is calibrated from the FP32 model); export twice")
     for key, value, low in (("imgsz", imgsz, 32), ("threads", threads, 1), ("runs", runs, 1),
@@ -183,14 +190,26 @@ def export_checkpoint(
             report.openvino_int8_parity = check_parity(ref, ov.ov_runner(ov_int8, threads), batch, end2end, math.inf,
                                                        math.inf)  # fmt: skip
             models["openvino_int8"] = ov_int8
+    if "ncnn" in formats:
+        nc_dir = ncnn.export_ncnn(ckpt, ncnn.output_dir(ckpt), imgsz, half=half)
+        report.ncnn = str(nc_dir)
+        report.ncnn_parity = check_parity(ref, ncnn.ncnn_runner(nc_dir, threads), batch, end2end, score_tol, box_tol,
+                                          fp64_factory=fp64)  # fmt: skip
+        models[f"ncnn_{prec}"] = nc_dir
     for k, path in models.items():
-        runners[k] = ov.ov_runner(path, threads) if k.startswith("openvino") else ort_runner(path, threads)
+        if k.startswith("openvino"):
+            runners[k] = ov.ov_runner(path, threads)
+        elif k.startswith("ncnn"):
+            runners[k] = ncnn.ncnn_runner(path, threads, fp16=half)
+        else:
+            runners[k] = ort_runner(path, threads)
     report.latency_ms = _latency(runners, ref, batch[:1], threads, runs)
     if validate and data:
         _validate(report, models, data, imgsz)
     write_text_atomic(out_json, json.dumps(asdict(report), indent=2))
     LOGGER.info(summary(report))
-    for name, par in (("ONNX Runtime", report.parity), ("OpenVINO", report.openvino_parity)):
+    judged = (("ONNX Runtime", report.parity), ("OpenVINO", report.openvino_parity), ("NCNN", report.ncnn_parity))
+    for name, par in judged:
         if par is not None and not par.ok and not qat:  # QAT: INT8 against fake quantization, measured (as INT8)
             raise ParityError(_parity_message(ckpt, par, box_tol, score_tol, out_json, name))
     return report
@@ -249,6 +268,8 @@ def _plan_outputs(ckpt: Path, int8: bool, overwrite: bool, formats: set[str]) ->
     if "openvino" in formats:
         ov_dir, ov_int8 = ov.output_dirs(ckpt)
         planned += [ov_dir] + ([ov_int8] if int8 else [])
+    if "ncnn" in formats:
+        planned.append(ncnn.output_dir(ckpt))
     existing = [p for p in planned if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{[str(p) for p in existing]} already exist; pass overwrite=True or move them away")
@@ -262,25 +283,9 @@ def _plan_outputs(ckpt: Path, int8: bool, overwrite: bool, formats: set[str]) ->
 
 def _export_onnx(ckpt: Path, out: Path, imgsz: int, dynamic: bool, opset: int | None, simplify: bool,
                  half: bool) -> Path:  # fmt: skip
-    """Ultralytics' ONNX exporter, run on a copy of the checkpoint in a hidden folder beside it, its output then
-    renamed to ``out``: a kill at any moment leaves no torn file at ``out``, and nothing else beside the checkpoint."""
-    import shutil
-
-    from ultralytics import YOLO
-
-    work = out.parent / f".{out.stem}.exporting"
-    shutil.rmtree(work, ignore_errors=True)  # our own leftover of a killed export
-    work.mkdir(parents=True)
-    try:
-        copy = work / ckpt.name
-        shutil.copy2(ckpt, copy)
-        fp16 = {"quantize": 16} if half else {}
-        exported = Path(YOLO(str(copy)).export(format="onnx", imgsz=imgsz, dynamic=dynamic, opset=opset,
-                                               simplify=simplify, device="cpu", **fp16))  # fmt: skip
-        exported.replace(out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return out
+    """Ultralytics' ONNX exporter (FP32, or FP16 with ``half``), written atomically to ``out``."""
+    fp16 = {"quantize": 16} if half else {}
+    return ultralytics_export(ckpt, out, "onnx", imgsz, dynamic=dynamic, opset=opset, simplify=simplify, **fp16)
 
 
 def _latency(runners: dict, ref: nn.Module, x1: np.ndarray, threads: int, runs: int) -> dict:
@@ -329,9 +334,9 @@ def _parity_message(ckpt: Path, parity: Parity, box_tol: float, score_tol: float
 
 def summary(r: ExportReport) -> str:
     """The report as text: parity verdict, then latency and mAP per model."""
-    outs = ", ".join(x for x in (r.onnx, r.int8_onnx, r.openvino, r.openvino_int8) if x)
+    outs = ", ".join(x for x in (r.onnx, r.int8_onnx, r.openvino, r.openvino_int8, r.ncnn) if x)
     lines = [f"export {r.checkpoint} -> {outs} (imgsz {r.imgsz})"]
-    for name, p in (("ONNX", r.parity), ("OpenVINO", r.openvino_parity)):
+    for name, p in (("ONNX", r.parity), ("OpenVINO", r.openvino_parity), ("NCNN", r.ncnn_parity)):
         if p is None:
             continue
         lines.append(

@@ -10,11 +10,12 @@ with the Detect head's box and score decoding left in float.
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from yolo_distill.deploy.exporter import ultralytics_export
 
 #: the extra that installs the runtime (named in every error about its absence)
 INSTALL = 'pip install -e ".[openvino]"  (or: pip install openvino nncf)'
@@ -40,23 +41,9 @@ def output_dirs(ckpt: Path) -> tuple[Path, Path]:
 
 def export_openvino(ckpt: Path, out: Path, imgsz: int, half: bool = False, int8: bool = False,
                     data: str | None = None, fraction: float = 1.0) -> Path:  # fmt: skip
-    """Ultralytics' OpenVINO exporter, run on a copy of the checkpoint in a hidden folder beside it; the exported
-    folder is then renamed to ``out``, so a kill leaves no half-written model folder at ``out``."""
-    from ultralytics import YOLO
-
-    work = out.parent / f".{out.name}.exporting"
-    shutil.rmtree(work, ignore_errors=True)  # our own leftover of a killed export
-    work.mkdir(parents=True)
-    try:
-        copy = work / ckpt.name
-        shutil.copy2(ckpt, copy)
-        kw = {"int8": True, "data": data, "fraction": fraction} if int8 else {"half": half}
-        exported = Path(YOLO(str(copy)).export(format="openvino", imgsz=imgsz, device="cpu", **kw))
-        exported = exported if exported.is_absolute() else work / exported.name
-        exported.replace(out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return out
+    """``CKPT_openvino_model/`` (FP32 or FP16 weights) or, with ``int8``, NNCF's INT8 model calibrated on ``data``."""
+    kw = {"int8": True, "data": data, "fraction": fraction} if int8 else {"half": half}
+    return ultralytics_export(ckpt, out, "openvino", imgsz, **kw)
 
 
 def ov_runner(model_dir: str | Path, threads: int = 2, precision: str = "f32") -> Callable[[np.ndarray], np.ndarray]:
