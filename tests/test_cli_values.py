@@ -21,6 +21,7 @@ PRUNE = {
     "batches": ("0", "batches=0"), "val": ("maybe", "val='maybe'"), "allocation": ("nope", "allocation"),
     "max_drop": ("-0.5", "max_drop"), "layer_ratios": ("{{2: 1.5}}", "layer_ratios"),
     "granularity": ("row", "granularity='row'"), "n": ("0", "n=0"), "m": ("1", "m=1"),
+    "latency": ("fast", "latency='fast'"), "runtime": ("tensorrt", "runtime='tensorrt'"), "threads": ("0", "threads=0"),
 }  # fmt: skip
 EXPORT = {
     "model": ("{tmp}/missing.pt", "never downloads weights"), "format": ("tflite", "format"),

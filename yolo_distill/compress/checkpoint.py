@@ -83,6 +83,9 @@ def prune_checkpoint(
     granularity: str = "filter",
     n: int = 2,
     m: int = 4,
+    latency: float | str | None = None,
+    runtime: str = "onnxruntime",
+    threads: int = 1,
 ) -> dict:
     """Prune a checkpoint and write ``out`` (a stock Ultralytics checkpoint) and ``<out stem>_report.json`` beside it.
 
@@ -111,6 +114,10 @@ def prune_checkpoint(
         granularity: ``filter`` (remove channels: a smaller, faster model) or zeros inside dense weights:
             ``kernel``, ``vector``, ``weight``, ``nm`` (:mod:`~yolo_distill.compress.granularity`).
         n, m: with ``granularity=nm``, ``n`` weights kept of every ``m`` consecutive input channels.
+        latency: a latency budget in ms (``25`` or ``"25ms"``) on ``runtime`` at ``imgsz``: per-layer widths chosen
+            against latencies measured on this machine (:mod:`~yolo_distill.compress.latency_search`).
+        runtime: where ``latency`` is measured: ``onnxruntime`` or ``openvino``.
+        threads: CPU threads of ``runtime`` for the latency measurements.
 
     Returns:
         The report (also logged as a table and written as JSON).
@@ -127,6 +134,18 @@ def prune_checkpoint(
     require(granularity in grains, "granularity", granularity, f"one of {', '.join(grains)}")
     require_int("n", n, 1)
     require_int("m", m, 2)
+    require_int("threads", threads, 1)
+    from yolo_distill.deploy.latency import RUNTIMES
+
+    require(runtime in RUNTIMES, "runtime", runtime, f"one of {', '.join(RUNTIMES)}")
+    budget = _latency_budget(latency)
+    if budget is not None:
+        require(granularity == "filter" and gflops is None, "latency", latency,
+                "a budget with granularity=filter and no gflops= (one target at a time)")  # fmt: skip
+        if runtime == "openvino":
+            from yolo_distill.deploy.openvino import require_runtime
+
+            require_runtime(False)
     if granularity != "filter":
         return _sparse_checkpoint(src, granularity, ratio, n, m, method=method, scope=scope, protect=protect,
                                   gflops=gflops, allocation=allocation, layer_ratios=layer_ratios, data=data, out=out,
@@ -143,7 +162,11 @@ def prune_checkpoint(
     dst, rep_path = _outputs(src, out)
     ckpt = torch.load(src, map_location="cpu", weights_only=False)
     already = ckpt.get("prune_report") if isinstance(ckpt, dict) else None
-    pruned, report = prune_model(net, cfg, data=data, batches=batches, out_dir=dst.parent / f"{dst.stem}_sensitivity")
+    if budget is not None:
+        pruned, report = _latency_prune(net, cfg, budget, runtime, threads, imgsz)
+    else:
+        pruned, report = prune_model(net, cfg, data=data, batches=batches,
+                                     out_dir=dst.parent / f"{dst.stem}_sensitivity")  # fmt: skip
     report["source"] = str(src)
     report["already_pruned"] = already is not None
     if val:
@@ -155,6 +178,44 @@ def prune_checkpoint(
     write_text_atomic(rep_path, json.dumps(report, indent=2, default=str))
     LOGGER.info(summary(report))
     return report
+
+
+def _latency_budget(latency: float | str | None) -> float | None:
+    """``latency=`` as milliseconds: ``25``, ``25.0`` or ``"25ms"``."""
+    if latency is None:
+        return None
+    expected = "a latency budget in milliseconds, e.g. latency=25 or latency=25ms"
+    v = latency
+    if isinstance(v, str):
+        try:
+            v = float(v.strip().lower().removesuffix("ms"))
+        except ValueError:
+            v = -1.0
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+    require(ok, "latency", latency, expected)
+    return float(v)
+
+
+def _latency_prune(net: nn.Module, cfg: PruneConfig, budget: float, runtime: str, threads: int,
+                   imgsz: int) -> tuple[nn.Module, dict]:  # fmt: skip
+    """Latency-targeted pruning measured on ``runtime``; the report in the form :func:`summary` prints."""
+    from dataclasses import asdict
+
+    from yolo_distill.compress.latency_search import latency_prune
+    from yolo_distill.compress.pruner import conv_channels, model_stats
+    from yolo_distill.deploy.latency import model_latency
+
+    pruned, lat = latency_prune(net, cfg, budget, lambda m: model_latency(m, imgsz, runtime, threads))
+    before, after = model_stats(net, imgsz), model_stats(pruned, imgsz)
+    ch0, ch1 = conv_channels(net), conv_channels(pruned)
+    report = {"config": asdict(cfg) | {"allocation": f"latency on {runtime}, {threads} thread(s)"},
+              "channel_ratio_used": 1 - sum(ch1.values()) / sum(ch0.values()), "before": before, "after": after,
+              "params_ratio": after["params"] / before["params"], "gflops_ratio": after["gflops"] / before["gflops"],
+              "layers": {k: [ch0[k], ch1.get(k)] for k in ch0 if ch0[k] != ch1.get(k)}, "latency": lat}  # fmt: skip
+    LOGGER.info("latency on %s (%d thread(s), imgsz %d): %.2f ms -> %.2f ms for a budget of %.2f ms (%s)", runtime,
+                threads, imgsz, lat["source_ms"], lat["final_ms"], budget,
+                "within 5 %" if lat["within_tol"] else "outside the 5 % band")  # fmt: skip
+    return pruned, report
 
 
 def _sparse_checkpoint(src: Path, granularity: str, ratio: float | None, n: int, m: int, *, method: str, scope: str,

@@ -80,3 +80,30 @@ def compare_runners(runners: dict[str, Callable[[np.ndarray], object]], x: np.nd
             run(x)
             times[k].append(time.perf_counter() - t)
     return {k: _stats(t) for k, t in times.items()}
+
+
+#: runtimes a latency-targeted search can time a model on
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def model_latency(model: torch.nn.Module, imgsz: int, runtime: str = "onnxruntime", threads: int = 1,
+                  runs: int = 20) -> float:  # fmt: skip
+    """Median latency (ms) of ``model`` exported as it would be deployed (Ultralytics' exporter, in a temporary
+    folder) and run on ``runtime`` with ``threads`` CPU threads, batch 1 at ``imgsz``."""
+    import tempfile
+
+    from yolo_distill.checkpoints import save_stock_checkpoint
+    from yolo_distill.deploy.exporter import ultralytics_export
+
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime={runtime!r} is not valid: expected one of {', '.join(RUNTIMES)}")
+    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
+    with tempfile.TemporaryDirectory(prefix="yd_latency_") as tmp:
+        ckpt = save_stock_checkpoint(model, Path(tmp) / "m.pt")
+        if runtime == "openvino":
+            from yolo_distill.deploy.openvino import ov_runner
+
+            run = ov_runner(ultralytics_export(ckpt, Path(tmp) / "m_openvino_model", "openvino", imgsz), threads)
+        else:
+            run = ort_runner(ultralytics_export(ckpt, Path(tmp) / "m.onnx", "onnx", imgsz), threads)
+        return compare_runners({"m": run}, x, runs, 3)["m"]["median"]
