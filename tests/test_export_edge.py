@@ -48,6 +48,8 @@ def test_all_formats_with_int8_side_by_side_on_a_trained_model(tmp_path, tiny_da
     fp32, int8 = r.map50_95["openvino_fp32"], r.map50_95["openvino_int8"]
     assert fp32 > 0.03 and abs(int8 - fp32) <= 0.03, r.map50_95
     assert abs(fp32 - r.map50_95["onnx_fp32"]) <= 0.005, "the same FP32 model through two runtimes"
+    table = (tmp_path / "m_export.md").read_text()
+    assert all(f"| {k} |" in table for k in keys) and (tmp_path / "m_export.png").stat().st_size > 0
     xml = (tmp_path / "m_int8_openvino_model" / "m.xml").read_text()
     assert "FakeQuantize" in xml or "FakeConvert" in xml, "the INT8 model holds no quantized ops"
 
@@ -80,3 +82,22 @@ def test_missing_runtime_names_the_install_command_and_writes_nothing(tmp_path, 
     with pytest.raises(ValueError, match="int8=True is not offered for format=ncnn"):
         export(str(ckpt), format="ncnn", int8=True, data=str(tiny_data), imgsz=64)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+@needs_openvino
+@needs_ncnn
+def test_a_bench_export_row_with_format_all_reports_every_runtime(tmp_path, tiny_data, ckpt_factory):
+    from yolo_distill.bench import report, rows
+    from yolo_distill.bench.spec import parse_row
+
+    row = parse_row({"name": "edge", "kind": "export", "from": "x.pt", "epochs": 0, "format": "all"}, "t", set())
+    ckpt = shutil.copy(ckpt_factory("yolo11n.yaml"), tmp_path / "m.pt")
+    given = ckpt.read_bytes()
+    res = rows.export_row(row, {"data": str(tiny_data), "imgsz": 64}, str(ckpt), tmp_path / "bench")
+    assert {"onnx_fp32", "openvino_fp32", "ncnn_fp32", "torch_fp32"} <= set(res["runtimes"])
+    assert all(v["map50_95"] is not None for k, v in res["runtimes"].items() if k != "torch_fp32")
+    lines = report._runtime_lines(["edge"], [{"name": "edge", **res}])
+    assert any(line.startswith("| edge | openvino_fp32 |") for line in lines)
+    assert ckpt.read_bytes() == given and sorted(p.name for p in tmp_path.iterdir()) == ["bench", "m.pt"]
+    with pytest.raises(ValueError, match="format must be onnx or all"):
+        parse_row({"name": "e", "kind": "export", "from": "x.pt", "format": "tflite"}, "t", set())

@@ -30,6 +30,7 @@ def write_report(table: list[dict], out_dir: Path, recipe_name: str) -> Path:
         lines.append(line)
         summary.append(point)
     lines += _onnx_lines(names, table)
+    lines += _runtime_lines(names, table)
     sizes = _size_lines(names, table)
     lines += sizes
     plots = "![mAP vs GFLOPs](map_vs_gflops.png) ![mAP vs latency](map_vs_latency.png)"
@@ -49,6 +50,26 @@ def _sized(names: list[str], table: list[dict]) -> list[tuple[str, dict, float]]
         if rs[0].get("gzip_mb") is not None:
             out.append((n, rs[0], statistics.fmean(r["map50_95"] for r in rs)))
     return out
+
+
+def _runtime_lines(names: list[str], table: list[dict]) -> list[str]:
+    """Export rows with ``format: all``: every runtime x precision, latency timed side by side
+    within the row, the speed-up over ONNX Runtime FP32, and mAP run by that runtime (first seed)."""
+    lines: list[str] = []
+    for n in names:
+        r = next((r for r in table if r["name"] == n and r.get("runtimes")), None)
+        if r is None:
+            continue
+        if not lines:
+            lines += ["", "Every runtime x precision of the export rows (latency of one row's models timed "
+                      "interleaved; mAP50-95 of each model run by its own runtime):", "",
+                      "| row | model | median ms | x ONNX FP32 | mAP50-95 |", "|---|---|---|---|---|"]  # fmt: skip
+        base = r["runtimes"].get("onnx_fp32", {}).get("ms")
+        for k, v in r["runtimes"].items():
+            sp = f"{base / v['ms']:.2f}x" if base else "-"
+            m = f"{v['map50_95']:.4f}" if v.get("map50_95") is not None else "-"
+            lines.append(f"| {n} | {k} | {v['ms']:.2f} | {sp} | {m} |")
+    return lines
 
 
 def _size_lines(names: list[str], table: list[dict]) -> list[str]:

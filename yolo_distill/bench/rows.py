@@ -204,9 +204,11 @@ def export_row(row: Row, s: dict, checkpoint: str, out: Path) -> dict[str, Any]:
     res: dict[str, Any] = {}
     try:
         rep = export_checkpoint(str(ckpt), imgsz=s.get("export_imgsz", s.get("imgsz", 256)), data=s["data"], runs=20,
-                                validate=row.kind == "export", int8=row.int8)  # fmt: skip
+                                validate=row.kind == "export", int8=row.int8, format=row.format)  # fmt: skip
         lat, res["parity_ok"] = rep.latency_ms, True
-        res["onnx_map50_95"] = dict(rep.map50_95)
+        res["onnx_map50_95"] = {k: v for k, v in rep.map50_95.items() if k.startswith("onnx")}
+        if row.format == "all":  # every runtime x precision, timed side by side in one run
+            res["runtimes"] = {k: {"ms": v["median"], "map50_95": rep.map50_95.get(k)} for k, v in lat.items()}
     except ParityError as e:  # recorded in the row, not fatal to the bench
         import json
 

@@ -42,6 +42,7 @@ class Row:
         granularity, n, m: ``prune`` rows: ``filter`` (channels) or zeros in dense weights (``kernel``, ``vector``,
             ``weight``, ``nm`` with ``n`` of ``m``); ``ratio`` is then the sparsity.
         energy, rank: ``lowrank`` rows (or ``gflops_ratio``).
+        format: the runtimes a row's export measures: ``onnx`` (default) or ``all`` (every runtime x precision).
         spec: the row's keys exactly as written: what the cache key is made of.
     """
 
@@ -68,6 +69,7 @@ class Row:
     m: int = 4
     energy: float | None = None
     rank: int | None = None
+    format: str = "onnx"
     spec: dict = field(default_factory=dict, compare=False, repr=False)
 
     def refs(self) -> list[str]:
@@ -140,6 +142,8 @@ def parse_row(raw: Any, where: str, defined: set[str]) -> Row:
     if "granularity" in raw and raw["granularity"] not in ("filter", "kernel", "vector", "weight", "nm"):
         raise ValueError(f"{where}: granularity must be filter, kernel, vector, weight or nm, got "
                          f"{raw['granularity']!r}")
+    if "format" in raw and raw["format"] not in ("onnx", "all"):
+        raise ValueError(f"{where}: format must be onnx or all (every runtime), got {raw['format']!r}")
     for k in ("n", "m", "rank"):
         if k in raw:
             _check_int(where, k, raw[k], 1)

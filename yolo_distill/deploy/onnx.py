@@ -207,6 +207,9 @@ def export_checkpoint(
     if validate and data:
         _validate(report, models, data, imgsz)
     write_text_atomic(out_json, json.dumps(asdict(report), indent=2))
+    if format == "all":  # one table and one plot of every runtime x precision
+        write_text_atomic(out_json.with_suffix(".md"), runtime_table(report, threads))
+        _runtime_plot(report, out_json.with_suffix(".png"))
     LOGGER.info(summary(report))
     judged = (("ONNX Runtime", report.parity), ("OpenVINO", report.openvino_parity), ("NCNN", report.ncnn_parity))
     for name, par in judged:
@@ -262,7 +265,7 @@ def _plan_outputs(ckpt: Path, int8: bool, overwrite: bool, formats: set[str]) ->
     (the OpenVINO folders too); an existing OpenVINO folder is removed only with ``overwrite``."""
     out_onnx, out_int8 = ckpt.with_suffix(".onnx"), ckpt.with_name(f"{ckpt.stem}_int8.onnx")
     out_json = ckpt.with_name(f"{ckpt.stem}_export.json")
-    planned = [out_json]
+    planned = [out_json] + ([out_json.with_suffix(".md"), out_json.with_suffix(".png")] if len(formats) > 1 else [])
     if "onnx" in formats:
         planned += [out_onnx] + ([out_int8] if int8 else [])
     if "openvino" in formats:
@@ -315,6 +318,45 @@ def _validate(report: ExportReport, models: dict[str, Path | None], data: str, i
         if path is not None:
             m = evaluate(path, data, imgsz=imgsz, batch=1)
             report.map50_95[k], report.map50[k] = m["map50_95"], m["map50"]
+
+
+def runtime_table(r: ExportReport, threads: int) -> str:
+    """``CKPT_export.md``: every exported model (runtime x precision) with its latency, speed-up over ONNX Runtime
+    FP32, mAP run by its own runtime, and parity against PyTorch."""
+    parity = {"onnx": r.parity, "openvino": r.openvino_parity, "ncnn": r.ncnn_parity}
+    base = r.latency_ms.get("onnx_fp32", {}).get("median")
+    lines = [f"# Export of `{r.checkpoint}` at {r.imgsz} px, {threads} CPU thread(s)", "",
+             "Latency: median and p90 of single-image runs, every model timed interleaved with the others (their "
+             "ratios hold under machine load). mAP50-95: the exported model run by its own runtime over the val "
+             "split. Parity: max abs box difference against PyTorch on the same images (INT8: measured, not judged).",
+             "", "| model | median ms | p90 ms | x ONNX FP32 | mAP50-95 | parity max box px |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for k, v in r.latency_ms.items():
+        runtime = k.split("_")[0]
+        p = {"onnx_int8": r.int8_parity, "openvino_int8": r.openvino_int8_parity}.get(k, parity.get(runtime))
+        m = r.map50_95.get(k)
+        speed = f"{base / v['median']:.2f}x" if base else "-"
+        lines.append(f"| {k} | {v['median']:.2f} | {v['p90']:.2f} | {speed} | {f'{m:.4f}' if m is not None else '-'} "
+                     f"| {f'{p.max_abs_box:.2e}' if p is not None else '-'} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _runtime_plot(r: ExportReport, path: Path) -> None:
+    """mAP50-95 against median latency, one point per runtime x precision (``CKPT_export.png``)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for k, v in r.latency_ms.items():
+        if k in r.map50_95:
+            ax.scatter(v["median"], r.map50_95[k])
+            ax.annotate(k, (v["median"], r.map50_95[k]), fontsize=7)
+    ax.set_xlabel("median latency, ms")
+    ax.set_ylabel("mAP50-95 (own runtime)")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.partial.png")
+    fig.savefig(tmp, dpi=100)
+    tmp.replace(path)
 
 
 def _parity_message(ckpt: Path, parity: Parity, box_tol: float, score_tol: float, out_json: Path,
