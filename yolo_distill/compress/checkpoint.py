@@ -171,13 +171,19 @@ def prune_checkpoint(
     report["already_pruned"] = already is not None
     if val:
         report["map50_95"] = {"before": _map(net, data, imgsz), "after_prune": _map(pruned, data, imgsz)}
-    train_args = {k: v for k, v in (getattr(net, "args", {}) or {}).items() if k in ("data", "imgsz", "task")}
-    pruned.names = getattr(net, "names", None)
-    save_stock_checkpoint(pruned, dst, train_args=train_args, prune_report=report)
+    save_like(net, pruned, dst, prune_report=report)
     report["out"] = str(dst)
     write_text_atomic(rep_path, json.dumps(report, indent=2, default=str))
     LOGGER.info(summary(report))
     return report
+
+
+def save_like(source: nn.Module, model: nn.Module, dst: Path, **report) -> None:
+    """Write ``model`` (compressed from ``source``) as a stock checkpoint at ``dst`` with the source's class names and
+    training data, image size and task, and ``report`` as extra top-level keys (e.g. ``prune_report=...``)."""
+    train_args = {k: v for k, v in (getattr(source, "args", {}) or {}).items() if k in ("data", "imgsz", "task")}
+    model.names = getattr(source, "names", None)
+    save_stock_checkpoint(model, dst, train_args=train_args, **report)
 
 
 def _latency_budget(latency: float | str | None) -> float | None:
@@ -243,9 +249,7 @@ def _sparse_checkpoint(src: Path, granularity: str, ratio: float | None, n: int,
     report["source"] = str(src)
     if val:
         report["map50_95"] = {"before": _map(net, data, imgsz), "after_prune": _map(sparse, data, imgsz)}
-    train_args = {k: v for k, v in (getattr(net, "args", {}) or {}).items() if k in ("data", "imgsz", "task")}
-    sparse.names = getattr(net, "names", None)
-    save_stock_checkpoint(sparse, dst, train_args=train_args, prune_report=report)
+    save_like(net, sparse, dst, prune_report=report)
     report["size_mb"] = {"before": _size_mb(src), "after": _size_mb(dst)}
     report["gzip_mb"] = {"before": _size_mb(src, gz=True), "after": _size_mb(dst, gz=True)}
     report["out"] = str(dst)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from yolo_distill.checkpoints import load_model, save_stock_checkpoint, write_text_atomic
+from yolo_distill.checkpoints import load_model, write_text_atomic
 from yolo_distill.config import require, require_int
 from yolo_distill.log import LOGGER, table
 
@@ -289,7 +289,7 @@ def lowrank_checkpoint(
     Returns:
         The report (also logged as a table and written as JSON).
     """
-    from yolo_distill.compress.checkpoint import _gflops_target, _map, _outputs, _protect_list
+    from yolo_distill.compress.checkpoint import _gflops_target, _map, _outputs, _protect_list, save_like
     from yolo_distill.data.builtin import require_data
 
     require(isinstance(val, bool), "val", val, "true or false")
@@ -313,9 +313,7 @@ def lowrank_checkpoint(
     report["source"] = str(src)
     if val:
         report["map50_95"] = {"before": _map(net, data, imgsz), "after_factorize": _map(fact, data, imgsz)}
-    train_args = {k: v for k, v in (getattr(net, "args", {}) or {}).items() if k in ("data", "imgsz", "task")}
-    fact.names = getattr(net, "names", None)
-    save_stock_checkpoint(fact, dst, train_args=train_args, lowrank_report=report)
+    save_like(net, fact, dst, lowrank_report=report)
     report["out"] = str(dst)
     write_text_atomic(rep_path, json.dumps(report, indent=2, default=str))
     b, a = report["before"], report["after"]

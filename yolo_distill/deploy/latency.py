@@ -28,11 +28,6 @@ def _stats(times: list[float]) -> dict[str, float]:
     return {"median": float(np.median(a)), "p90": float(np.percentile(a, 90)), "runs": len(a)}
 
 
-def time_onnx(path: str | Path, x: np.ndarray, threads: int = 2, runs: int = 50, warmup: int = 5) -> dict[str, float]:
-    """ONNX Runtime CPU latency of ``path`` on input ``x`` (1, 3, H, W)."""
-    return compare_onnx([path], x, threads, runs, warmup)[str(path)]
-
-
 def time_torch(model: torch.nn.Module, x: np.ndarray, threads: int = 2, runs: int = 25, warmup: int = 3) -> dict:
     """PyTorch eager CPU latency of ``model`` on input ``x``."""
     prev = torch.get_num_threads()
