@@ -1,4 +1,4 @@
-"""Edge runtimes (OpenVINO, NCNN) for tiny v8/11/26 models: parity with PyTorch through each runtime's own API,
+"""Edge runtimes (OpenVINO, NCNN, LiteRT) for tiny v8/11/26 models: parity with PyTorch through each runtime's own API,
 INT8 by NNCF with its mAP run by OpenVINO, format=all side by side, outputs never overwritten, a clear message when
 an extra is missing. Each test is skipped only where its extra is not installed (CI installs them all)."""
 
@@ -11,13 +11,15 @@ import pytest
 
 from tests.conftest import FAMILIES, SHIPPED_TEACHER
 from yolo_distill.api import export
-from yolo_distill.deploy import ncnn
+from yolo_distill.deploy import litert, ncnn
 from yolo_distill.deploy import openvino as ov
 
 needs_openvino = pytest.mark.skipif(not ov.available(), reason=f"the openvino extra is not installed: {ov.INSTALL}")
 needs_ncnn = pytest.mark.skipif(not ncnn.available(), reason=f"the ncnn extra is not installed: {ncnn.INSTALL}")
+needs_litert = pytest.mark.skipif(not litert.available(), reason=f"the litert extra is not installed: {litert.INSTALL}")
 EDGE = [pytest.param("openvino", "{s}_openvino_model/{s}.xml", marks=needs_openvino),
-        pytest.param("ncnn", "{s}_ncnn_model/model.ncnn.param", marks=needs_ncnn)]  # fmt: skip
+        pytest.param("ncnn", "{s}_ncnn_model/model.ncnn.param", marks=needs_ncnn),
+        pytest.param("litert", "{s}.tflite", marks=needs_litert)]  # fmt: skip
 
 
 @pytest.mark.parametrize("fmt,written", EDGE)
@@ -35,19 +37,21 @@ def test_edge_parity_per_family(tmp_path, tiny_data, ckpt_factory, family, fmt, 
 
 @needs_openvino
 @needs_ncnn
+@needs_litert
 def test_all_formats_with_int8_side_by_side_on_a_trained_model(tmp_path, tiny_data):
-    """The shipped (trained) teacher: ONNX and OpenVINO, FP32 and INT8, and NCNN FP32, each timed interleaved and
-    validated by its own runtime; INT8 by NNCF within 3 points of FP32 (a broken calibration or a quantized decode
-    loses far more)."""
+    """The shipped (trained) teacher: ONNX, OpenVINO and LiteRT, FP32 and INT8, and NCNN FP32, each timed
+    interleaved and validated by its own runtime; INT8 within 3 points of FP32 (a broken calibration or a quantized
+    decode loses far more)."""
     ckpt = shutil.copy(SHIPPED_TEACHER, tmp_path / "m.pt")
     r = export(str(ckpt), format="all", imgsz=128, data=str(tiny_data), int8=True, runs=3, calib_images=8)
-    assert r.parity.ok and r.openvino_parity.ok and r.ncnn_parity.ok
-    keys = {"onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_int8", "ncnn_fp32"}
+    assert r.parity.ok and r.openvino_parity.ok and r.ncnn_parity.ok and r.litert_parity.ok
+    keys = {"onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_int8", "ncnn_fp32", "litert_fp32", "litert_int8"}
     assert keys <= set(r.latency_ms) and keys == set(r.map50_95)
-    assert abs(r.map50_95["ncnn_fp32"] - r.map50_95["onnx_fp32"]) <= 0.005
-    fp32, int8 = r.map50_95["openvino_fp32"], r.map50_95["openvino_int8"]
-    assert fp32 > 0.03 and abs(int8 - fp32) <= 0.03, r.map50_95
-    assert abs(fp32 - r.map50_95["onnx_fp32"]) <= 0.005, "the same FP32 model through two runtimes"
+    for same in ("ncnn_fp32", "openvino_fp32", "litert_fp32"):  # the same FP32 model through another runtime
+        assert abs(r.map50_95[same] - r.map50_95["onnx_fp32"]) <= 0.005, (same, r.map50_95)
+    for rt in ("openvino", "litert"):
+        fp32, int8 = r.map50_95[f"{rt}_fp32"], r.map50_95[f"{rt}_int8"]
+        assert fp32 > 0.03 and abs(int8 - fp32) <= 0.03, (rt, r.map50_95)
     table = (tmp_path / "m_export.md").read_text()
     assert all(f"| {k} |" in table for k in keys) and (tmp_path / "m_export.png").stat().st_size > 0
     xml = (tmp_path / "m_int8_openvino_model" / "m.xml").read_text()
@@ -73,11 +77,17 @@ def test_missing_runtime_names_the_install_command_and_writes_nothing(tmp_path, 
     with pytest.raises(ValueError, match=r"pip install -e \"\.\[ncnn\]\""):
         export(str(ckpt), format="ncnn", imgsz=64)
     monkeypatch.setattr(ov, "available", lambda: False)
-    for fmt in ("openvino", "all"):
-        with pytest.raises(ValueError, match=r"pip install -e \"\.\[openvino\]\""):
+    with pytest.raises(ValueError, match=r"pip install -e \"\.\[openvino\]\""):
+        export(str(ckpt), format="openvino", imgsz=64)
+    monkeypatch.setattr(litert, "available", lambda: False)
+    for fmt in ("litert", "tflite"):  # tflite: LiteRT's former name, as Ultralytics still accepts it
+        with pytest.raises(ValueError, match=r"pip install -e \"\.\[litert\]\""):
             export(str(ckpt), format=fmt, imgsz=64)
-    with pytest.raises(ValueError, match="format='tflite'"):
-        export(str(ckpt), format="tflite", imgsz=64)
+    with pytest.raises(ValueError, match="format='coreml'"):
+        export(str(ckpt), format="coreml", imgsz=64)
+    monkeypatch.setattr(litert, "available", lambda: True)
+    with pytest.raises(ValueError, match="half=True is not offered for format=litert"):
+        export(str(ckpt), format="litert", half=True, imgsz=64)
     monkeypatch.setattr(ncnn, "available", lambda: True)
     with pytest.raises(ValueError, match="int8=True is not offered for format=ncnn"):
         export(str(ckpt), format="ncnn", int8=True, data=str(tiny_data), imgsz=64)

@@ -293,8 +293,8 @@ COMMANDS: dict[str, Command] = {
     ),
     "export": Command(
         _export,
-        "yolo-distill export model=CKPT.pt [format=onnx|openvino|ncnn|all] [imgsz=640] [int8=False data=DATA.yaml]\n"
-        "                    [half=False]\n"
+        "yolo-distill export model=CKPT.pt [format=onnx|openvino|ncnn|litert|all] [imgsz=640]\n"
+        "                    [int8=False data=DATA.yaml] [half=False]\n"
         "                    [dynamic=False] [opset=None] [simplify=True] [threads=2] [runs=50] [overwrite=False]\n"
         "                    [calib_method=minmax|percentile|entropy] [calib_images=64]\n"
         "Writes CKPT.onnx (CKPT_int8.onnx), CKPT_openvino_model/ (CKPT_int8_openvino_model/), CKPT_ncnn_model/\n"

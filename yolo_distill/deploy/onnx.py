@@ -1,9 +1,10 @@
-"""The export workflow: ONNX (and OpenVINO) through Ultralytics' exporter, a parity check against PyTorch on every
-export, optional INT8, latency through each runtime measured side by side, mAP through each runtime.
+"""The export workflow: ONNX, OpenVINO, NCNN and LiteRT through Ultralytics' exporter, a parity check against
+PyTorch on every export, optional INT8, latency through each runtime measured side by side, mAP through each runtime.
 
 Writes next to the checkpoint, as Ultralytics does: ``CKPT.onnx``, ``CKPT_int8.onnx``, ``CKPT_openvino_model/``,
-``CKPT_int8_openvino_model/`` and ``CKPT_export.json``. Existing outputs are never overwritten unless
-``overwrite=True``. The OpenVINO steps are in :mod:`yolo_distill.deploy.openvino`.
+``CKPT_int8_openvino_model/``, ``CKPT_ncnn_model/``, ``CKPT.tflite``, ``CKPT_int8.tflite`` and ``CKPT_export.json``.
+Existing outputs are never overwritten unless ``overwrite=True``. Each runtime's own steps are in its module
+(:mod:`~yolo_distill.deploy.openvino`, :mod:`~yolo_distill.deploy.ncnn`, :mod:`~yolo_distill.deploy.litert`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from yolo_distill.checkpoints import load_model, write_text_atomic
 from yolo_distill.config import require, require_int
 from yolo_distill.data.builtin import require_data
 from yolo_distill.data.images import dataset_images, letterbox_images
-from yolo_distill.deploy import ncnn
+from yolo_distill.deploy import litert, ncnn
 from yolo_distill.deploy import openvino as ov
 from yolo_distill.deploy.exporter import ultralytics_export
 from yolo_distill.deploy.latency import compare_runners, ort_runner
@@ -32,8 +33,10 @@ from yolo_distill.log import LOGGER, table
 __all__ = ["ExportReport", "Parity", "ParityError", "check_parity", "export_checkpoint"]
 
 
-#: ``format=`` values; ``all`` is every runtime installed here
-FORMATS = ("onnx", "openvino", "ncnn", "all")
+#: ``format=`` values; ``all`` is ONNX and every other runtime installed here
+FORMATS = ("onnx", "openvino", "ncnn", "litert", "all")
+#: the runtimes that are optional extras, with their modules
+OPTIONAL = {"openvino": ov, "ncnn": ncnn, "litert": litert}
 
 
 @dataclass
@@ -51,6 +54,10 @@ class ExportReport:
     openvino_int8_parity: Parity | None = None
     ncnn: str | None = None
     ncnn_parity: Parity | None = None
+    litert: str | None = None
+    litert_parity: Parity | None = None
+    litert_int8: str | None = None
+    litert_int8_parity: Parity | None = None
     latency_ms: dict = field(default_factory=dict)
     int8_onnx: str | None = None
     int8_calibration: str | None = None
@@ -83,11 +90,13 @@ def export_checkpoint(
 
     Args:
         model: the ``*.pt`` checkpoint (plain, distilled or pruned).
-        format: ``onnx``, ``openvino`` (the ``openvino`` extra), ``ncnn`` (the ``ncnn`` extra; no INT8) or ``all``
-            (every one; INT8 where the runtime offers it).
+        format: ``onnx``, ``openvino`` (the ``openvino`` extra), ``ncnn`` (the ``ncnn`` extra; no INT8), ``litert``
+            (the ``litert`` extra; no FP16) or ``all`` (ONNX and every runtime installed; INT8 where the runtime
+            offers it, FP16 where it has an FP16 file).
         imgsz: square input size; rounded up to a multiple of the max stride, with a warning.
-        int8: also write ``CKPT_int8.onnx`` (static QDQ, per-channel weights, Detect head kept in fp32) and/or
-            ``CKPT_int8_openvino_model/`` (NNCF post-training quantization, box/score decoding in float).
+        int8: also write ``CKPT_int8.onnx`` (static QDQ, per-channel weights, Detect head kept in fp32),
+            ``CKPT_int8_openvino_model/`` (NNCF post-training quantization, box/score decoding in float) and/or
+            ``CKPT_int8.tflite`` (static INT8 weights and activations, float input and output).
         data: data YAML (or built-in name) of the model's classes, for parity images, INT8 calibration and mAP;
             default: the checkpoint's training data when it is on this machine, else none (parity and latency then
             run on Ultralytics' sample images and no mAP is measured). Refused when its classes differ.
@@ -111,12 +120,15 @@ def export_checkpoint(
     Raises:
         ParityError: a runtime disagrees with PyTorch beyond tolerance (the report is written first).
     """
+    format = "litert" if format == "tflite" else format  # LiteRT's former name, still accepted by Ultralytics
     require(format in FORMATS, "format", format, f"one of {', '.join(FORMATS)} (with int8=True for INT8)")
-    formats = {"onnx", "openvino", "ncnn"} if format == "all" else {format}
+    formats = _formats(format, half)
     if "openvino" in formats:
         ov.require_runtime(int8)
     if "ncnn" in formats:
         ncnn.require_runtime(int8 and format == "ncnn")
+    if "litert" in formats:
+        litert.require_runtime(int8, half)
     if int8 and half:
         raise ValueError("int8=True and half=True are exclusive (INT8 is calibrated from the FP32 model); export twice")
     for key, value, low in (("imgsz", imgsz, 32), ("threads", threads, 1), ("runs", runs, 1),
@@ -196,11 +208,27 @@ def export_checkpoint(
         report.ncnn_parity = check_parity(ref, ncnn.ncnn_runner(nc_dir, threads), batch, end2end, score_tol, box_tol,
                                           fp64_factory=fp64)  # fmt: skip
         models[f"ncnn_{prec}"] = nc_dir
+    if "litert" in formats:
+        lt_path, lt_int8 = litert.output_paths(ckpt)
+        litert.export_litert(ckpt, lt_path, imgsz)
+        report.litert = str(lt_path)
+        report.litert_parity = check_parity(ref, litert.litert_runner(lt_path, threads, end2end), batch, end2end,
+                                            score_tol, box_tol, fp64_factory=fp64)  # fmt: skip
+        models[f"litert_{prec}"] = lt_path
+        if int8:
+            n_val = max(len(dataset_images(data, 10_000, split="val")), 1)
+            litert.export_litert(ckpt, lt_int8, imgsz, int8=True, data=data, fraction=min(1.0, calib_images / n_val))
+            report.litert_int8 = str(lt_int8)
+            report.litert_int8_parity = check_parity(ref, litert.litert_runner(lt_int8, threads, end2end), batch,
+                                                     end2end, math.inf, math.inf)  # fmt: skip
+            models["litert_int8"] = lt_int8
     for k, path in models.items():
         if k.startswith("openvino"):
             runners[k] = ov.ov_runner(path, threads)
         elif k.startswith("ncnn"):
             runners[k] = ncnn.ncnn_runner(path, threads, fp16=half)
+        elif k.startswith("litert"):
+            runners[k] = litert.litert_runner(path, threads, end2end)
         else:
             runners[k] = ort_runner(path, threads)
     report.latency_ms = _latency(runners, ref, batch[:1], threads, runs)
@@ -211,7 +239,8 @@ def export_checkpoint(
         write_text_atomic(out_json.with_suffix(".md"), runtime_table(report, threads))
         _runtime_plot(report, out_json.with_suffix(".png"))
     LOGGER.info(summary(report))
-    judged = (("ONNX Runtime", report.parity), ("OpenVINO", report.openvino_parity), ("NCNN", report.ncnn_parity))
+    judged = (("ONNX Runtime", report.parity), ("OpenVINO", report.openvino_parity), ("NCNN", report.ncnn_parity),
+              ("LiteRT", report.litert_parity))
     for name, par in judged:
         if par is not None and not par.ok and not qat:  # QAT: INT8 against fake quantization, measured (as INT8)
             raise ParityError(_parity_message(ckpt, par, box_tol, score_tol, out_json, name))
@@ -219,6 +248,22 @@ def export_checkpoint(
 
 
 # -- the steps ------------------------------------------------------------------------------------------------------
+def _formats(format: str, half: bool) -> set[str]:
+    """The runtimes ``format`` asks for. ``all`` is ONNX and every optional runtime installed here (each one left out
+    is named with its install command); LiteRT is left out of ``all`` with ``half=True`` (it has no FP16 file)."""
+    if format != "all":
+        return {format}
+    chosen = {"onnx"}
+    for name, mod in OPTIONAL.items():
+        if not mod.available():
+            LOGGER.warning("yolo_distill: format=all leaves out %s, which is not installed: %s", name, mod.INSTALL)
+        elif name == "litert" and half:
+            LOGGER.warning("yolo_distill: format=all half=True leaves out litert (no FP16 file in LiteRT)")
+        else:
+            chosen.add(name)
+    return chosen
+
+
 def _data_for(net: nn.Module, data: str | None) -> str | None:
     """The dataset for calibration and mAP: ``data=`` when given (refused unless it has the model's classes), else
     the one the checkpoint was trained on when it is on this machine, else none (a third-party checkpoint)."""
@@ -273,6 +318,9 @@ def _plan_outputs(ckpt: Path, int8: bool, overwrite: bool, formats: set[str]) ->
         planned += [ov_dir] + ([ov_int8] if int8 else [])
     if "ncnn" in formats:
         planned.append(ncnn.output_dir(ckpt))
+    if "litert" in formats:
+        lt_path, lt_int8 = litert.output_paths(ckpt)
+        planned += [lt_path] + ([lt_int8] if int8 else [])
     existing = [p for p in planned if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{[str(p) for p in existing]} already exist; pass overwrite=True or move them away")
@@ -323,7 +371,7 @@ def _validate(report: ExportReport, models: dict[str, Path | None], data: str, i
 def runtime_table(r: ExportReport, threads: int) -> str:
     """``CKPT_export.md``: every exported model (runtime x precision) with its latency, speed-up over ONNX Runtime
     FP32, mAP run by its own runtime, and parity against PyTorch."""
-    parity = {"onnx": r.parity, "openvino": r.openvino_parity, "ncnn": r.ncnn_parity}
+    parity = {"onnx": r.parity, "openvino": r.openvino_parity, "ncnn": r.ncnn_parity, "litert": r.litert_parity}
     base = r.latency_ms.get("onnx_fp32", {}).get("median")
     lines = [f"# Export of `{r.checkpoint}` at {r.imgsz} px, {threads} CPU thread(s)", "",
              "Latency: median and p90 of single-image runs, every model timed interleaved with the others (their "
@@ -333,7 +381,8 @@ def runtime_table(r: ExportReport, threads: int) -> str:
              "|---|---|---|---|---|---|"]  # fmt: skip
     for k, v in r.latency_ms.items():
         runtime = k.split("_")[0]
-        p = {"onnx_int8": r.int8_parity, "openvino_int8": r.openvino_int8_parity}.get(k, parity.get(runtime))
+        p = {"onnx_int8": r.int8_parity, "openvino_int8": r.openvino_int8_parity,
+             "litert_int8": r.litert_int8_parity}.get(k, parity.get(runtime))  # fmt: skip
         m = r.map50_95.get(k)
         speed = f"{base / v['median']:.2f}x" if base else "-"
         lines.append(f"| {k} | {v['median']:.2f} | {v['p90']:.2f} | {speed} | {f'{m:.4f}' if m is not None else '-'} "
@@ -376,9 +425,11 @@ def _parity_message(ckpt: Path, parity: Parity, box_tol: float, score_tol: float
 
 def summary(r: ExportReport) -> str:
     """The report as text: parity verdict, then latency and mAP per model."""
-    outs = ", ".join(x for x in (r.onnx, r.int8_onnx, r.openvino, r.openvino_int8, r.ncnn) if x)
+    outs = ", ".join(x for x in (r.onnx, r.int8_onnx, r.openvino, r.openvino_int8, r.ncnn, r.litert, r.litert_int8)
+                     if x)  # fmt: skip
     lines = [f"export {r.checkpoint} -> {outs} (imgsz {r.imgsz})"]
-    for name, p in (("ONNX", r.parity), ("OpenVINO", r.openvino_parity), ("NCNN", r.ncnn_parity)):
+    for name, p in (("ONNX", r.parity), ("OpenVINO", r.openvino_parity), ("NCNN", r.ncnn_parity),
+                    ("LiteRT", r.litert_parity)):  # fmt: skip
         if p is None:
             continue
         lines.append(

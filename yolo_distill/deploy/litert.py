@@ -1,0 +1,81 @@
+"""LiteRT (formerly TensorFlow Lite; Android, Coral, microcontrollers): export through Ultralytics' exporter
+(``litert-torch``, no TensorFlow needed), and LiteRT's own Python interpreter for parity and latency.
+
+Outputs sit beside the checkpoint as Ultralytics names them: ``CKPT.tflite`` (FP32) and ``CKPT_int8.tflite`` (static
+INT8 weights and activations by ``ai-edge-quantizer``, calibrated on images of ``data``; float graph input and output),
+each with its metadata embedded, so ``YOLO("CKPT.tflite")`` predicts and validates it. Box coordinates leave the
+graph divided by the input size (so INT8 keeps the scores' resolution); :func:`litert_runner` scales them back, as
+Ultralytics' LiteRT backend does. FP16 is not a separate file in LiteRT (its GPU delegate runs an FP32 model in
+FP16), so ``half=True`` is refused for it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from yolo_distill.deploy.exporter import ultralytics_export
+
+#: the extra that installs the converter and the runtime (named in every error about their absence)
+INSTALL = 'pip install -e ".[litert]"  (or: pip install litert-torch ai-edge-litert ai-edge-quantizer)'
+
+
+def available() -> bool:
+    """Whether the LiteRT converter (``litert_torch``) and runtime (``ai_edge_litert``) are installed."""
+    return all(importlib.util.find_spec(m) is not None for m in ("litert_torch", "ai_edge_litert"))
+
+
+def require_runtime(int8: bool, half: bool) -> None:
+    """Raise a clear error, naming the install command, when LiteRT (or its quantizer for INT8) is missing, or FP16
+    is asked of it."""
+    if not available():
+        raise ValueError(f"format=litert needs litert-torch and ai-edge-litert, which are not installed: {INSTALL}")
+    if int8 and importlib.util.find_spec("ai_edge_quantizer") is None:
+        raise ValueError(f"format=litert int8=True needs ai-edge-quantizer, which is not installed: {INSTALL}")
+    if half:
+        raise ValueError("half=True is not offered for format=litert (LiteRT has no FP16 file: its GPU delegate runs "
+                         "the FP32 model in FP16); export litert without half, or use int8=True for a smaller "
+                         "model")  # fmt: skip
+
+
+def output_paths(ckpt: Path) -> tuple[Path, Path]:
+    """``CKPT.tflite`` and ``CKPT_int8.tflite`` beside the checkpoint."""
+    return ckpt.with_suffix(".tflite"), ckpt.with_name(f"{ckpt.stem}_int8.tflite")
+
+
+def export_litert(ckpt: Path, out: Path, imgsz: int, int8: bool = False, data: str | None = None,
+                  fraction: float = 1.0) -> Path:  # fmt: skip
+    """``CKPT.tflite`` (FP32) or, with ``int8``, static INT8 calibrated on ``data`` (a ``fraction`` of its images)."""
+    kw = {"int8": True, "data": data, "fraction": fraction} if int8 else {}
+    return ultralytics_export(ckpt, out, "litert", imgsz, **kw)
+
+
+def litert_runner(path: str | Path, threads: int = 2, end2end: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """A function running a ``(1, 3, H, W)`` float32 array through LiteRT's interpreter (XNNPACK on the CPU);
+    returns the raw output with box coordinates in pixels, comparable with PyTorch's.
+
+    Args:
+        path: the ``.tflite`` file (FP32 or INT8, float input and output, NCHW as ``litert-torch`` writes it).
+        threads: interpreter threads.
+        end2end: the model's head is end-to-end (YOLO26): its post-NMS boxes are already in pixels.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(str(path), num_threads=int(threads))
+    interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        interp.set_tensor(inp["index"], np.ascontiguousarray(x, dtype=np.float32))
+        interp.invoke()
+        y = np.array(interp.get_tensor(out["index"]), dtype=np.float32)  # a copy: the buffer is reused
+        if not end2end and y.ndim == 3:  # exported divided by the input size (see the module docstring)
+            h, w = x.shape[2:4]
+            y[:, [0, 2]] *= w
+            y[:, [1, 3]] *= h
+        return y
+
+    return run
