@@ -52,6 +52,7 @@ def test_all_formats_with_int8_side_by_side_on_a_trained_model(tmp_path, tiny_da
     for rt in ("openvino", "litert"):
         fp32, int8 = r.map50_95[f"{rt}_fp32"], r.map50_95[f"{rt}_int8"]
         assert fp32 > 0.03 and abs(int8 - fp32) <= 0.03, (rt, r.map50_95)
+    assert (tmp_path / "m_int8.tflite").stat().st_size < 0.5 * (tmp_path / "m.tflite").stat().st_size, "not INT8"
     table = (tmp_path / "m_export.md").read_text()
     assert all(f"| {k} |" in table for k in keys) and (tmp_path / "m_export.png").stat().st_size > 0
     xml = (tmp_path / "m_int8_openvino_model" / "m.xml").read_text()

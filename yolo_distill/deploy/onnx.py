@@ -96,7 +96,7 @@ def export_checkpoint(
         imgsz: square input size; rounded up to a multiple of the max stride, with a warning.
         int8: also write ``CKPT_int8.onnx`` (static QDQ, per-channel weights, Detect head kept in fp32),
             ``CKPT_int8_openvino_model/`` (NNCF post-training quantization, box/score decoding in float) and/or
-            ``CKPT_int8.tflite`` (static INT8 weights and activations, float input and output).
+            ``CKPT_int8.tflite`` (static INT8 weights and activations, Detect head and graph I/O in float).
         data: data YAML (or built-in name) of the model's classes, for parity images, INT8 calibration and mAP;
             default: the checkpoint's training data when it is on this machine, else none (parity and latency then
             run on Ultralytics' sample images and no mAP is measured). Refused when its classes differ.
@@ -215,9 +215,9 @@ def export_checkpoint(
         report.litert_parity = check_parity(ref, litert.litert_runner(lt_path, threads, end2end), batch, end2end,
                                             score_tol, box_tol, fp64_factory=fp64)  # fmt: skip
         models[f"litert_{prec}"] = lt_path
-        if int8:
-            n_val = max(len(dataset_images(data, 10_000, split="val")), 1)
-            litert.export_litert(ckpt, lt_int8, imgsz, int8=True, data=data, fraction=min(1.0, calib_images / n_val))
+        if int8:  # the same calibration images as ONNX Runtime's INT8
+            calib = letterbox_images(images[:calib_images], imgsz).astype(np.float32)
+            litert.quantize_litert(lt_path, lt_int8, calib)
             report.litert_int8 = str(lt_int8)
             report.litert_int8_parity = check_parity(ref, litert.litert_runner(lt_int8, threads, end2end), batch,
                                                      end2end, math.inf, math.inf)  # fmt: skip
