@@ -24,7 +24,7 @@ PRUNE = {
     "latency": ("fast", "latency='fast'"), "runtime": ("tensorrt", "runtime='tensorrt'"), "threads": ("0", "threads=0"),
 }  # fmt: skip
 EXPORT = {
-    "model": ("{tmp}/missing.pt", "never downloads weights"), "format": ("tflite", "format"),
+    "model": ("{tmp}/missing.pt", "never downloads weights"), "format": ("coreml", "format"),
     "imgsz": ("16", "imgsz=16"), "int8": ("maybe", "int8='maybe'"), "data": ("{tmp}/none.yaml", "data="),
     "half": ("x", "half='x'"), "dynamic": ("x", "dynamic='x'"), "opset": ("5", "opset=5"),
     "simplify": ("x", "simplify='x'"), "threads": ("0", "threads=0"), "runs": ("0", "runs=0"),

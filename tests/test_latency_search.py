@@ -71,6 +71,34 @@ def test_checkpoint_workflow_measures_on_the_runtime_it_is_given(tmp_path, ckpt_
     assert proxy_ms(load_model(tmp_path / "fast.pt")) == pytest.approx(rep["latency"]["final_ms"])
 
 
+def test_a_bench_prune_row_with_a_relative_latency_budget(tmp_path, ckpt_factory, monkeypatch):
+    """``latency: 0.8x`` in a bench row: 80 % of the source's latency, measured on the row's runtime and threads."""
+    from yolo_distill.bench.rows import prune_row
+    from yolo_distill.bench.spec import parse_row
+
+    calls = []
+
+    def fake(model, imgsz, runtime, threads):
+        calls.append((imgsz, runtime, threads))
+        return proxy_ms(model)
+
+    monkeypatch.setattr(lat, "model_latency", fake)
+    real_search = latency_search.latency_prune
+    monkeypatch.setattr(latency_search, "latency_prune",
+                        lambda *a, **k: real_search(*a, **k, layers=[2, 4, 6, 8, 12, 15, 18, 21, 22]))  # fmt: skip
+    src = shutil.copy(ckpt_factory("yolov8n.yaml"), tmp_path / "src.pt")
+    row = parse_row({"name": "lat", "kind": "prune", "from": str(src), "latency": "0.8x", "runtime": "openvino",
+                     "threads": 2}, "t", set())  # fmt: skip
+    out = prune_row(row, {"data": None}, str(src), tmp_path / "bench", 64)
+    base = proxy_ms(load_model(src))
+    assert 0.95 * 0.8 * base <= proxy_ms(load_model(out)) <= 0.8 * base
+    assert set(calls) == {(64, "openvino", 2)}
+    for bad, match in (({"latency": "0.5x", "kind": "train", "model": "yolo11n.yaml"}, "latency applies to prune"),
+                       ({"qat": True}, "qat applies to train"), ({"runtime": "tensorrt"}, "runtime must be")):
+        with pytest.raises(ValueError, match=match):
+            parse_row({"name": "x", "kind": "prune", "from": str(src)} | bad, "t", set())
+
+
 @pytest.mark.parametrize("runtime", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.skipif(
     not ov.available(), reason="the openvino extra is not installed"))])  # fmt: skip
 def test_real_timing_of_an_exported_model(ckpt_factory, runtime):
@@ -83,6 +111,7 @@ def test_real_timing_of_an_exported_model(ckpt_factory, runtime):
     [
         ({"latency": "fast"}, "latency='fast'"),
         ({"latency": -3}, "latency=-3"),
+        ({"latency": "1.5x"}, "a fraction of the source's measured latency below 1"),
         ({"latency": 5, "runtime": "tensorrt"}, "runtime='tensorrt'"),
         ({"latency": 5, "gflops": "0.5x"}, "one target at a time"),
         ({"latency": 5, "granularity": "kernel"}, "one target at a time"),

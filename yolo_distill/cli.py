@@ -268,7 +268,7 @@ COMMANDS: dict[str, Command] = {
         "                   [data=DATA.yaml] [out=PRUNED.pt] [round_to=8] [max_layer_ratio=0.9]\n"
         "                   [protect=head,3,model.4] [allocation=uniform|global|sensitivity max_drop=0.02] [val=True]\n"
         "                   [imgsz=640]\n"
-        "yolo-distill prune model=CKPT.pt latency=25ms [runtime=onnxruntime|openvino] [threads=1] imgsz=640\n"
+        "yolo-distill prune model=CKPT.pt latency=25ms|0.5x [runtime=onnxruntime|openvino] [threads=1] imgsz=640\n"
         "                   per-layer widths chosen against latencies measured on that runtime, on this machine\n"
         "yolo-distill prune model=CKPT.pt granularity=kernel|vector|weight ratio=0.5 | granularity=nm n=2 m=4\n"
         "                   zeros inside dense weights (same shapes; kept at zero when fine-tuned with train)\n"

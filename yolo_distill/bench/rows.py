@@ -51,7 +51,7 @@ def train_row(row: Row, s: dict, done: dict[str, dict], model: str, epochs: int,
         LOGGER.info("bench: %s: training already finished in %s; reusing it", name, run_dir)
         return run_dir
     last = run_dir / "weights" / "last.pt"
-    if not row.distill_model and _resumable(last, epochs, common.get("seed")):  # a killed row: continue it
+    if not (row.distill_model or row.qat) and _resumable(last, epochs, common.get("seed")):  # killed: continue it
         from yolo_distill.distill.trainer import DistillationTrainer
 
         LOGGER.info("bench: %s: resuming the unfinished run in %s", name, run_dir)
@@ -71,7 +71,7 @@ def train_row(row: Row, s: dict, done: dict[str, dict], model: str, epochs: int,
         tr.train()
     else:
         tr = train(model, s["data"], teacher=resolve(row.teacher, done), recipe=row.recipe, epochs=epochs,
-                   name=name, **common)  # fmt: skip
+                   name=name, qat=row.qat, **common)  # fmt: skip
     return Path(tr.save_dir)
 
 
@@ -103,6 +103,8 @@ def prune_row(row: Row, s: dict, model: str, out: Path, imgsz: int) -> str:
         gflops = row.gflops_ratio * model_stats(load_model(model), imgsz)["gflops"]
     ratio = row.ratio if row.ratio is not None else 0.5
     fine = {} if row.granularity == "filter" else {"granularity": row.granularity, "n": row.n, "m": row.m}
+    if row.latency is not None:  # a budget measured on this machine's runtime (relative: "0.5x" of the source's)
+        fine |= {"latency": row.latency, "runtime": row.runtime, "threads": row.threads}
     prune_checkpoint(model, ratio=ratio, gflops=gflops, protect=row.protect, method=row.method, scope=row.scope,
                      out=str(dst), imgsz=imgsz, data=s["data"], allocation=row.allocation, **fine)  # fmt: skip
     return str(dst)

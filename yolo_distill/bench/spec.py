@@ -43,6 +43,9 @@ class Row:
             ``weight``, ``nm`` with ``n`` of ``m``); ``ratio`` is then the sparsity.
         energy, rank: ``lowrank`` rows (or ``gflops_ratio``).
         format: the runtimes a row's export measures: ``onnx`` (default) or ``all`` (every runtime x precision).
+        latency, runtime, threads: ``prune`` rows: prune to a latency measured on ``runtime`` (``onnxruntime`` or
+            ``openvino``) with ``threads`` threads at the bench's imgsz: milliseconds, or ``"0.5x"`` of the source's.
+        qat: ``train`` rows: quantization-aware training (INT8 fake quantization, KD from ``teacher``).
         spec: the row's keys exactly as written: what the cache key is made of.
     """
 
@@ -70,6 +73,10 @@ class Row:
     energy: float | None = None
     rank: int | None = None
     format: str = "onnx"
+    latency: float | str | None = None
+    runtime: str = "onnxruntime"
+    threads: int = 1
+    qat: bool = False
     spec: dict = field(default_factory=dict, compare=False, repr=False)
 
     def refs(self) -> list[str]:
@@ -133,8 +140,15 @@ def parse_row(raw: Any, where: str, defined: set[str]) -> Row:
             raise ValueError(f"{where}: {k} must be a number in (0, 1), got {v!r}")
     if raw.get("gflops") is not None and not (isinstance(raw["gflops"], (int, float)) and raw["gflops"] > 0):
         raise ValueError(f"{where}: gflops must be a number > 0, got {raw['gflops']!r}")
-    if "int8" in raw and not isinstance(raw["int8"], bool):
-        raise ValueError(f"{where}: int8 must be true or false, got {raw['int8']!r}")
+    for k in ("int8", "qat"):
+        if k in raw and not isinstance(raw[k], bool):
+            raise ValueError(f"{where}: {k} must be true or false, got {raw[k]!r}")
+    if raw.get("qat") and raw["kind"] != "train":
+        raise ValueError(f"{where}: qat applies to train rows (kind: train), not {raw['kind']}")
+    if raw.get("latency") is not None and raw["kind"] != "prune":
+        raise ValueError(f"{where}: latency applies to prune rows (kind: prune), not {raw['kind']}")
+    if "runtime" in raw and raw["runtime"] not in ("onnxruntime", "openvino"):
+        raise ValueError(f"{where}: runtime must be onnxruntime or openvino, got {raw['runtime']!r}")
     if raw["kind"] == "train" and not raw.get("model"):
         raise ValueError(f"{where}: a train row needs model= (a *.yaml, a *.pt or @row)")
     if raw["kind"] == "carve" and not str(raw.get("target", "")).endswith((".yaml", ".yml")):
@@ -144,7 +158,7 @@ def parse_row(raw: Any, where: str, defined: set[str]) -> Row:
                          f"{raw['granularity']!r}")
     if "format" in raw and raw["format"] not in ("onnx", "all"):
         raise ValueError(f"{where}: format must be onnx or all (every runtime), got {raw['format']!r}")
-    for k in ("n", "m", "rank"):
+    for k in ("n", "m", "rank", "threads"):
         if k in raw:
             _check_int(where, k, raw[k], 1)
     e = raw.get("energy")

@@ -7,6 +7,7 @@ Everything is checked before any file is written; the source checkpoint is only 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -186,12 +187,21 @@ def save_like(source: nn.Module, model: nn.Module, dst: Path, **report) -> None:
     save_stock_checkpoint(model, dst, train_args=train_args, **report)
 
 
-def _latency_budget(latency: float | str | None) -> float | None:
-    """``latency=`` as milliseconds: ``25``, ``25.0`` or ``"25ms"``."""
+def _latency_budget(latency: float | str | None) -> float | Callable[[float], float] | None:
+    """``latency=`` as milliseconds (``25``, ``25.0`` or ``"25ms"``), or relative to the source's measured latency
+    (``"0.5x"``: a function of it)."""
     if latency is None:
         return None
-    expected = "a latency budget in milliseconds, e.g. latency=25 or latency=25ms"
+    expected = ("a latency budget in milliseconds, e.g. latency=25 or latency=25ms, or a fraction of the source's "
+                "measured latency below 1, e.g. latency=0.5x")  # fmt: skip
     v = latency
+    if isinstance(v, str) and v.strip().lower().endswith("x"):
+        try:
+            r = float(v.strip().lower().removesuffix("x"))
+        except ValueError:
+            r = -1.0
+        require(0 < r < 1, "latency", latency, expected)
+        return lambda source_ms: r * source_ms
     if isinstance(v, str):
         try:
             v = float(v.strip().lower().removesuffix("ms"))
@@ -202,7 +212,8 @@ def _latency_budget(latency: float | str | None) -> float | None:
     return float(v)
 
 
-def _latency_prune(net: nn.Module, cfg: PruneConfig, budget: float, runtime: str, threads: int,
+def _latency_prune(net: nn.Module, cfg: PruneConfig, budget: float | Callable[[float], float], runtime: str,
+                   threads: int,
                    imgsz: int) -> tuple[nn.Module, dict]:  # fmt: skip
     """Latency-targeted pruning measured on ``runtime``; the report in the form :func:`summary` prints."""
     from dataclasses import asdict
@@ -219,7 +230,7 @@ def _latency_prune(net: nn.Module, cfg: PruneConfig, budget: float, runtime: str
               "params_ratio": after["params"] / before["params"], "gflops_ratio": after["gflops"] / before["gflops"],
               "layers": {k: [ch0[k], ch1.get(k)] for k in ch0 if ch0[k] != ch1.get(k)}, "latency": lat}  # fmt: skip
     LOGGER.info("latency on %s (%d thread(s), imgsz %d): %.2f ms -> %.2f ms for a budget of %.2f ms (%s)", runtime,
-                threads, imgsz, lat["source_ms"], lat["final_ms"], budget,
+                threads, imgsz, lat["source_ms"], lat["final_ms"], lat["budget_ms"],
                 "within 5 %" if lat["within_tol"] else "outside the 5 % band")  # fmt: skip
     return pruned, report
 

@@ -29,7 +29,8 @@ def _magnitude(model: nn.Module) -> float:
     return float(sum(m.weight.detach().abs().sum() for m in model.modules() if isinstance(m, nn.Conv2d)))
 
 
-def latency_prune(model: nn.Module, cfg: PruneConfig, budget_ms: float, measure: Callable[[nn.Module], float],
+def latency_prune(model: nn.Module, cfg: PruneConfig, budget_ms: float | Callable[[float], float],
+                  measure: Callable[[nn.Module], float],
                   probe: float = 0.5, tol: float = 0.05, steps: int = 10,
                   layers: list[int] | None = None) -> tuple[nn.Module, dict]:  # fmt: skip
     """Prune ``model`` (a copy; ``model`` untouched) so that ``measure`` gives at most ``budget_ms``, within ``tol``.
@@ -37,7 +38,8 @@ def latency_prune(model: nn.Module, cfg: PruneConfig, budget_ms: float, measure:
     Args:
         model: the DetectionModel.
         cfg: the pruning config (method, scope, protect, round_to, max_layer_ratio); its ratio is not used.
-        budget_ms: the latency to reach.
+        budget_ms: the latency to reach, or a function of the source's measured latency giving it (a relative
+            budget such as half the source's).
         measure: model -> milliseconds on the target runtime.
         probe: channel ratio at which each layer is pruned alone to measure what it buys.
         tol: landing band below the budget (0.05: within 5 %).
@@ -51,6 +53,7 @@ def latency_prune(model: nn.Module, cfg: PruneConfig, budget_ms: float, measure:
     from yolo_distill.compress.sensitivity import prunable_layers
 
     base = measure(model)
+    budget_ms = float(budget_ms(base)) if callable(budget_ms) else budget_ms
     if budget_ms >= base:
         raise ValueError(f"latency={budget_ms} ms is not below the source's {base:.2f} ms on this runtime; aim lower")
     every = prunable_layers(model) + [len(model.model) - 1]  # Detect's inner convs: a layer of their own
