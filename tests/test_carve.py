@@ -79,9 +79,42 @@ def test_bad_carving_requests_are_refused_before_anything_is_written(tmp_path, c
         carve(str(n), "yolo11s.yaml", out=str(tmp_path / "ns.pt"))
     m = tmp_path / "m.pt"
     m.write_bytes(ckpt_factory("yolo11m.yaml").read_bytes())
-    with pytest.raises(ValueError, match="blocks differ .* depth carving"):
+    with pytest.raises(ValueError, match="holds C3k blocks in the source and Bottleneck in the target"):
         carve(str(m), "yolo11s.yaml", out=str(tmp_path / "ms.pt"))
     (tmp_path / "taken.pt").write_bytes(b"a user's file")
     with pytest.raises(FileExistsError):
         carve(str(src), "yolo11n.yaml", out=str(tmp_path / "taken.pt"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "n.pt", "s.pt", "taken.pt"]
+
+
+@pytest.mark.parametrize("source,target,layer", [("yolov8m.yaml", "yolov8s.yaml", 2),
+                                                 ("yolo11l.yaml", "yolo11m.yaml", 2),
+                                                 ("yolo26l.yaml", "yolo26m.yaml", 2)])  # fmt: skip
+def test_depth_carving_keeps_the_most_used_repeated_blocks(tmp_path, ckpt_factory, source, target, layer):
+    """A shallower target (v8 m -> s, 11/26 l -> m): each C2f / C3k2 / C2PSA keeps the target's number of inner
+    blocks, those its output conv uses most, with their weights; the result has exactly the target's shapes, runs,
+    and stock Ultralytics rebuilds it from its YAML with every weight in place."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_distill.checkpoints import load_model, save_stock_checkpoint
+
+    src_model = load_model(ckpt_factory(source))
+    block = src_model.model[layer]
+    c = block.cv2.conv.in_channels // (2 + len(block.m))
+    with torch.no_grad():  # the output conv ignores inner block 0: depth carving must keep block 1
+        block.cv2.conv.weight[:, 2 * c : 3 * c] = 0
+    src = tmp_path / "src.pt"
+    save_stock_checkpoint(src_model, src, train_args={"imgsz": 64})
+    rep = carve(str(src), target, out=str(tmp_path / "carved.pt"), imgsz=64)
+    assert rep["depth_kept"][layer] == [1], rep["depth_kept"]
+    carved = load_model(tmp_path / "carved.pt")
+    want = DetectionModel(target, nc=8, verbose=False)
+    assert {k: v.shape for k, v in carved.state_dict().items()} == {k: v.shape for k, v in want.state_dict().items()}
+    if "yolo11" in source or "yolo26" in source:  # l -> m: the same widths, so the kept block is the source's own
+        kept, orig = carved.model[layer].m[0].state_dict(), block.m[1].state_dict()
+        assert all(torch.equal(kept[k], orig[k]) for k in orig)
+    stock = DetectionModel(carved.yaml, nc=8, verbose=False)
+    stock.load_state_dict(carved.state_dict(), strict=True)
+    assert stock.eval()(torch.rand(1, 3, 64, 64))[0].shape[1] == 4 + 8
+    shallow = DetectionModel(target, nc=8, verbose=False)
+    assert sum(p.numel() for p in carved.parameters()) == sum(p.numel() for p in shallow.parameters())

@@ -6,8 +6,15 @@ Layers whose widths already match are kept whole, the others pruned to the targe
 carries the target's YAML: a plain ``yolo11n`` that stock ``YOLO("carved.pt").train()`` rebuilds with the very
 same shapes (no re-inflation), ready for KD from the source.
 
-Supported: pairs with the same depth, blocks and attention heads: YOLOv8, YOLO11 and YOLO26 s -> n. A target with
-other blocks (m -> s) or other head counts (11x -> 11l) is refused with that reason (depth carving: not yet).
+Where the target is shallower (fewer repeated blocks in a C2f / C3k2 / C2PSA), depth is carved first: each such
+block keeps the target's number of its repeated inner blocks, chosen by importance (in C2f and C3k2, whose every
+inner block feeds the output conv, the L1 norm of the output conv's weights on that block's channels; in C2PSA's
+residual chain, the L1 norm of the block's weights), in their order, with the output conv's input channels of the
+dropped ones cut away. Then widths.
+
+Pairs: YOLOv8 x -> l -> m -> s -> n; YOLO11 and YOLO26 x -> l -> m and s -> n. YOLO11/26 m -> s changes the block
+kind (C3k inside the m model's C3k2, a plain Bottleneck in s's) and is refused with that reason, as are other
+attention head counts that the heads cannot be cut to.
 """
 
 from __future__ import annotations
@@ -29,6 +36,67 @@ def _family(yaml_name: str) -> str:
     return m.group(1) if m else Path(str(yaml_name)).stem
 
 
+def _repeated(m: nn.Module) -> nn.Module | None:
+    """The container of a block's repeated inner blocks (C2f / C3k2 ``m`` list, C2PSA ``m`` chain), else None."""
+    inner = getattr(m, "m", None)
+    return inner if isinstance(inner, (nn.ModuleList, nn.Sequential)) and hasattr(m, "cv2") else None
+
+
+def _kinds(container: nn.Module) -> list[str]:
+    return [type(b).__name__ + "".join(type(c).__name__ for c in b.children()) * isinstance(b, nn.Sequential)
+            for b in container]  # fmt: skip
+
+
+def carve_depth(source: nn.Module, target: nn.Module) -> tuple[nn.Module, dict[int, list[int]]]:
+    """A copy of ``source`` whose repeated blocks are cut to ``target``'s counts; and per layer, the kept indices.
+
+    Raises:
+        ValueError: a layer's inner blocks are of another kind in the target, or more of them.
+    """
+    from copy import deepcopy
+
+    import torch
+
+    out, kept = deepcopy(source), {}
+    for i, (sm, tm) in enumerate(zip(out.model, target.model)):
+        s_in, t_in = _repeated(sm), _repeated(tm)
+        if s_in is None or t_in is None or type(sm) is not type(tm):
+            continue
+        if set(_kinds(t_in)) - set(_kinds(s_in)):
+            raise ValueError(
+                f"layer {i} ({type(sm).__name__}) holds {_kinds(s_in)[0]} blocks in the source and {_kinds(t_in)[0]} "
+                f"in the target: carving keeps blocks, it cannot turn one kind into another (e.g. YOLO11/26 m -> s); "
+                f"carve to the next size that keeps the block kind (l -> m, s -> n) or prune to a GFLOPs target"
+            )
+        n_s, n_t = len(s_in), len(t_in)
+        if n_t > n_s:
+            raise ValueError(f"the target is deeper than the source at layer {i}: carve to a smaller model")
+        if n_t == n_s:
+            continue
+        cv2 = sm.cv2.conv
+        concat = isinstance(s_in, nn.ModuleList)  # C2f / C3k2: every inner block's output feeds cv2
+        if concat:
+            c = cv2.in_channels // (2 + n_s)
+            score = [float(cv2.weight[:, (2 + k) * c : (3 + k) * c].detach().abs().sum()) for k in range(n_s)]
+        else:  # a residual chain (C2PSA): what each block adds
+            score = [sum(float(p.detach().abs().mean()) for p in b.parameters()) for b in s_in]
+        keep = sorted(sorted(range(n_s), key=lambda k: -score[k])[:n_t])
+        kept[i] = keep
+        blocks = [s_in[k] for k in keep]
+        sm.m = nn.ModuleList(blocks) if concat else nn.Sequential(*blocks)
+        if concat:
+            idx = torch.tensor(list(range(2 * c)) + [j for k in keep for j in range((2 + k) * c, (3 + k) * c)])
+            new = nn.Conv2d(len(idx), cv2.out_channels, cv2.kernel_size, cv2.stride, cv2.padding, cv2.dilation,
+                            cv2.groups, cv2.bias is not None)  # fmt: skip
+            new.weight.data = cv2.weight.data[:, idx].clone()
+            if cv2.bias is not None:
+                new.bias.data = cv2.bias.data.clone()
+            sm.cv2.conv = new
+        if hasattr(sm, "n"):
+            sm.n = n_t
+    return out, kept
+
+
 def _convs(model: nn.Module) -> dict[str, nn.Conv2d]:
     return {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
 
@@ -45,9 +113,8 @@ def carve_plan(source: nn.Module, target: nn.Module) -> tuple[dict[int, float], 
     odd = [n for n in set(s) & set(t) if (s[n].kernel_size, s[n].groups > 1) != (t[n].kernel_size, t[n].groups > 1)]
     if missing or extra or odd:
         raise ValueError(
-            f"the target's blocks differ from the source's ({(missing or extra or odd)[:3]}...): carving cuts "
-            f"channels out of the same blocks (s -> n); a shallower target with other blocks (e.g. m -> s) needs "
-            f"depth carving, which is not supported yet"
+            f"the target's blocks differ from the source's ({(missing or extra or odd)[:3]}...): carving keeps "
+            f"blocks and cuts channels and repeats out of them; it cannot build blocks the source does not have"
         )
     wider = [n for n in t if t[n].out_channels > s[n].out_channels]
     if wider:
@@ -79,14 +146,18 @@ def carve_model(source: nn.Module, target_yaml: str, method: str = "l1") -> tupl
     target = DetectionModel(target_yaml, nc=nc, verbose=False)
     from ultralytics.nn.modules.block import Attention
 
+    source, depth = carve_depth(source, target)  # a copy: the caller's model is never changed
     ratios, keep = carve_plan(source, target)
     heads = [m.num_heads for m in target.modules() if isinstance(m, Attention)]
     cfg = PruneConfig(ratio=0.5, method=method, imgsz=64, layer_ratios=ratios, protect=keep, round_to=1,
                       max_layer_ratio=0.95, attention_heads=heads or None)  # fmt: skip
-    try:
-        carved, report = prune_model(source, cfg)
-    except RuntimeError as e:  # the heads cannot be cut to the target's layout
-        raise ValueError(f"carving to {target_yaml}: {e}") from None
+    if not ratios:  # every width already matches (e.g. YOLO11 l -> m): depth was all there was to carve
+        carved, report = source.eval(), {}
+    else:
+        try:
+            carved, report = prune_model(source, cfg)
+        except RuntimeError as e:  # the heads cannot be cut to the target's layout
+            raise ValueError(f"carving to {target_yaml}: {e}") from None
     got, want = carved.state_dict(), target.state_dict()
     bad = [k for k in want if k not in got or got[k].shape != want[k].shape]
     layout = [(m.num_heads, m.head_dim, m.key_dim) for m in carved.modules() if isinstance(m, Attention)]
@@ -95,7 +166,7 @@ def carve_model(source: nn.Module, target_yaml: str, method: str = "l1") -> tupl
         raise ValueError(f"carving {src_yaml or 'the source'} to {target_yaml} did not reach its shapes: {bad[:3]}")
     carved.yaml = target.yaml  # the stock model it now is: Ultralytics rebuilds exactly these shapes from it
     carved.names = getattr(source, "names", None)
-    return carved, {**report, "target": str(target_yaml)}
+    return carved, {**report, "target": str(target_yaml), "depth_kept": depth}
 
 
 def carve_checkpoint(model: str, target: str, out: str | None = None, method: str = "l1", imgsz: int = 640) -> dict:
