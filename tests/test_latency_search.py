@@ -50,7 +50,10 @@ def test_budgets_the_search_cannot_serve_are_refused(ckpt_factory):
         latency_prune(model, PruneConfig(imgsz=64, max_layer_ratio=0.3), base * 0.05, proxy_ms, layers=[1, 3])
 
 
-def test_checkpoint_workflow_measures_on_the_runtime_it_is_given(tmp_path, ckpt_factory, monkeypatch):
+@pytest.fixture
+def proxy_runtime(monkeypatch) -> list:
+    """Every latency measurement goes to :func:`proxy_ms` (and the search scans a few layers); returns the list of
+    ``(imgsz, runtime, threads)`` each measurement was asked for."""
     calls = []
 
     def fake(model, imgsz, runtime, threads):
@@ -61,6 +64,11 @@ def test_checkpoint_workflow_measures_on_the_runtime_it_is_given(tmp_path, ckpt_
     real_search = latency_search.latency_prune
     monkeypatch.setattr(latency_search, "latency_prune",
                         lambda *a, **k: real_search(*a, **k, layers=[2, 4, 6, 8, 12, 15, 18, 21, 22]))  # fmt: skip
+    return calls
+
+
+def test_checkpoint_workflow_measures_on_the_runtime_it_is_given(tmp_path, ckpt_factory, proxy_runtime):
+    calls = proxy_runtime
     src = shutil.copy(ckpt_factory("yolov8n.yaml"), tmp_path / "src.pt")
     budget = 0.8 * proxy_ms(load_model(src))
     rep = prune(str(src), latency=f"{budget:.4f}ms", runtime="onnxruntime", threads=1, imgsz=64,
@@ -71,21 +79,12 @@ def test_checkpoint_workflow_measures_on_the_runtime_it_is_given(tmp_path, ckpt_
     assert proxy_ms(load_model(tmp_path / "fast.pt")) == pytest.approx(rep["latency"]["final_ms"])
 
 
-def test_a_bench_prune_row_with_a_relative_latency_budget(tmp_path, ckpt_factory, monkeypatch):
+def test_a_bench_prune_row_with_a_relative_latency_budget(tmp_path, ckpt_factory, proxy_runtime):
     """``latency: 0.8x`` in a bench row: 80 % of the source's latency, measured on the row's runtime and threads."""
     from yolo_distill.bench.rows import prune_row
     from yolo_distill.bench.spec import parse_row
 
-    calls = []
-
-    def fake(model, imgsz, runtime, threads):
-        calls.append((imgsz, runtime, threads))
-        return proxy_ms(model)
-
-    monkeypatch.setattr(lat, "model_latency", fake)
-    real_search = latency_search.latency_prune
-    monkeypatch.setattr(latency_search, "latency_prune",
-                        lambda *a, **k: real_search(*a, **k, layers=[2, 4, 6, 8, 12, 15, 18, 21, 22]))  # fmt: skip
+    calls = proxy_runtime
     src = shutil.copy(ckpt_factory("yolov8n.yaml"), tmp_path / "src.pt")
     row = parse_row({"name": "lat", "kind": "prune", "from": str(src), "latency": "0.8x", "runtime": "openvino",
                      "threads": 2}, "t", set())  # fmt: skip
