@@ -60,6 +60,24 @@ def test_all_formats_with_int8_side_by_side_on_a_trained_model(tmp_path, tiny_da
 
 
 @needs_openvino
+@needs_ncnn
+@needs_litert
+@pytest.mark.parametrize("family", [pytest.param("v8", marks=pytest.mark.slow),
+                                    pytest.param("11", marks=pytest.mark.slow), "26"])  # fmt: skip
+def test_a_pruned_model_passes_parity_in_every_runtime(tmp_path, tiny_data, ckpt_factory, family):
+    """Odd channel counts left by pruning (and YOLO26's end-to-end head and attention) through every runtime: each
+    FP32 export agrees with PyTorch. YOLO26 in the default suite, v8 and 11 with ``-m slow``."""
+    from yolo_distill.api import prune
+
+    src = shutil.copy(ckpt_factory(FAMILIES[family]), tmp_path / "src.pt")
+    prune(str(src), ratio=0.3, out=str(tmp_path / "p.pt"), imgsz=64)
+    r = export(str(tmp_path / "p.pt"), format="all", imgsz=64, data=str(tiny_data), runs=2, validate=False)
+    for name in ("parity", "openvino_parity", "ncnn_parity", "litert_parity"):
+        p = getattr(r, name)
+        assert p is not None and p.ok and p.max_abs_box <= 1e-3, (name, p)
+
+
+@needs_openvino
 def test_existing_openvino_folder_is_not_overwritten(tmp_path, tiny_data, ckpt_factory):
     ckpt = shutil.copy(ckpt_factory("yolo11n.yaml"), tmp_path / "m.pt")
     mine = tmp_path / "m_openvino_model"
