@@ -649,3 +649,34 @@ def test_stop_at_teacher_turns_kd_off_once_the_student_reaches_the_teacher(tmp_p
     assert (kd2 == 0) is stops, f"epoch 2 KD {kd2} (stop expected: {stops})"
     # once stopped, training still works and the saved student is a plain checkpoint
     assert tr.best.exists()
+
+
+def test_ema_epochs_makes_the_saved_weights_an_average_on_small_data(tmp_path, tiny_data, ckpt_factory):
+    """``ema_epochs``: on a tiny set Ultralytics' EMA decay stays near 0 (its weights are the raw ones); with the
+    recipe key the EMA averages, so the saved model differs from the last raw weights, and never averages less than
+    Ultralytics' own ramp."""
+    import math
+
+    from ultralytics.utils.torch_utils import unwrap_model
+
+    student = str(ckpt_factory("yolo11n.yaml"))
+    teacher = str(ckpt_factory("yolo11s.yaml"))
+    gaps = {}
+    for ema in (None, 4):
+        recipe = {"losses": [{"name": "binary_kd", "weight": 0.5}]} | ({"ema_epochs": ema} if ema else {})
+        tr = DistillationTrainer(overrides=train_args(tmp_path, model=student, data=str(tiny_data), teacher=teacher,
+                                                      distill=recipe, epochs=2, batch=4, nbs=4, val=False,
+                                                      name=f"ema{ema}"))  # fmt: skip
+        tr.train()
+        raw, avg = unwrap_model(tr.model).state_dict(), tr.ema.ema.state_dict()
+        w = [k for k in raw if k.endswith("conv.weight")]
+        gaps[ema] = sum(float((raw[k].float() - avg[k].float()).abs().sum()) for k in w)
+        d = tr.ema.decay(tr.ema.updates)
+        assert d >= 0.9999 * (1 - math.exp(-tr.ema.updates / 2000)) - 1e-12
+        if ema:  # 2 batches an epoch, one update each: w = 8 updates, ramped in over 8 updates
+            assert tr.ema.updates == 4 and d == pytest.approx((1 - 1 / 8) * (1 - math.exp(-4 / 8))), d
+    assert gaps[4] > 10 * gaps[None], gaps
+    with pytest.raises(ValueError, match="ema_epochs=0"):
+        from yolo_distill.config import load_distill_recipe
+
+        load_distill_recipe({"losses": [{"name": "binary_kd"}], "ema_epochs": 0})

@@ -132,6 +132,12 @@ class DistillRecipe:
             student, with its own detection loss plus the output-level terms distilled back from the student).
         alpha: the soft-label balance of Hinton et al.: loss = alpha * L_det + (1 - alpha) * sum_i w_i * L_kd_i,
             in [0, 1]; unset (the default): loss = L_det + sum_i w_i * L_kd_i.
+        ema_epochs: average the saved weights over at least about this many epochs (> 0). Ultralytics' EMA ramps
+            its decay as ``0.9999 * (1 - exp(-updates / 2000))``: on a small dataset (80 images, batch 16, nbs 64:
+            about one optimizer update per epoch) it stays near 0 for the whole run, so best.pt and last.pt are the
+            raw weights of one noisy epoch. With ``ema_epochs`` the decay is at least ``1 - 1 / w`` (``w`` = this
+            many epochs of updates, ramped in over ``w`` updates); on large datasets Ultralytics' own decay is
+            higher and is kept. Unset (the default): Ultralytics' EMA unchanged.
         description: free text shown in logs.
     """
 
@@ -140,9 +146,14 @@ class DistillRecipe:
     branch: str = "one2many"
     mode: str = "offline"
     alpha: float | None = None
+    ema_epochs: float | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
+        e = self.ema_epochs
+        if e is not None and (isinstance(e, bool) or not isinstance(e, (int, float)) or not e > 0):
+            raise ValueError(f"ema_epochs={e!r} is not valid: expected a number of epochs > 0 (e.g. 2), or leave it "
+                             f"out for Ultralytics' EMA")  # fmt: skip
         if self.alpha is not None and (
             isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1
         ):

@@ -17,6 +17,7 @@ It extends Ultralytics only through overridden methods and callbacks:
 
 from __future__ import annotations
 
+import math
 from copy import copy
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,7 @@ class DistillationTrainer(DetectionTrainer):
             YAML.save(self.save_dir / "args.yaml", vars(self.args))  # rewrite with our keys
         self.add_callback("on_pretrain_routine_end", _install_criterion)
         self.add_callback("on_pretrain_routine_end", _find_masks)
+        self.add_callback("on_pretrain_routine_end", _set_ema_window)
         self.add_callback("on_train_epoch_start", _set_epoch)
         self.add_callback("on_train_batch_start", _attach_student_recorders)
         self.add_callback("on_train_batch_end", _detach_student_recorders)
@@ -303,6 +305,21 @@ def _find_masks(trainer: DistillationTrainer) -> None:
         zeros = sum(int((~m).sum()) for m in trainer.masks.values())
         log.info("yolo_distill: keeping %d pruned weights at zero in %d layers (a sparse checkpoint)", zeros,
                  len(trainer.masks))
+
+
+def _set_ema_window(trainer: DistillationTrainer) -> None:
+    """``recipe.ema_epochs``: the EMA's decay at least ``1 - 1/w`` over ``w`` = that many epochs of optimizer updates
+    (Ultralytics' own ramp kept where it is higher); see :class:`~yolo_distill.config.DistillRecipe`."""
+    epochs = trainer.recipe.ema_epochs
+    if not epochs or trainer.ema is None:
+        return
+    per_epoch = max(len(trainer.train_loader) / max(trainer.accumulate, 1), 1.0)
+    w = max(epochs * per_epoch, 1.0)
+    theirs = trainer.ema.decay
+    trainer.ema.decay = lambda x: max(theirs(x), (1 - 1 / w) * (1 - math.exp(-x / w)))
+    if RANK in {-1, 0}:
+        log.info("yolo_distill: EMA over about %.3g epochs (%.1f optimizer updates): decay up to %.4f", epochs, w,
+                 1 - 1 / w)  # fmt: skip
 
 
 def _set_epoch(trainer: DistillationTrainer) -> None:
