@@ -432,3 +432,47 @@ def test_a_killed_training_row_is_resumed_not_restarted(tmp_path, monkeypatch):
     monkeypatch.setattr("yolo_distill.distill.run.train", lambda *a, **k: type("T", (), {"save_dir": run})())
     rows.train_row(teacher, {"data": "x", "seed": 1}, {}, "m.yaml", 10, {"project": str(tmp_path / "runs"), "seed": 1})
     assert resumed == []
+
+
+def test_kd_verdict_judges_the_default_on_best_and_last_over_seeds(tmp_path):
+    """The bar of issue 14 from finished rows: means over seeds, each check yes or NO with both numbers, results
+    that no longer match their row (an edited recipe line) not counted, and nothing written."""
+    from yolo_distill.bench.verdict import kd_verdict
+
+    recipe = tmp_path / "reg.yaml"
+    recipe.write_text(
+        "data: shapes\nimgsz: 64\nepochs: 2\nrepeats: 2\nrows:\n"
+        "  - {name: student_11n_plain, kind: train, model: yolo11n.yaml}\n"
+        "  - {name: student_11n_ultralytics_distill_model, kind: train, model: yolo11n.yaml, distill_model: t.pt}\n"
+        "  - {name: student_11n_kd_default, kind: train, model: yolo11n.yaml, teacher: t.pt}\n"
+    )
+    spec = load_bench_recipe(str(recipe))
+    settings = {"data": "shapes", **spec.settings}
+    plan = runner._plan(spec, settings, settings, 2)
+    scores = {"student_11n_plain": ([0.40, 0.50], [0.30, 0.50]),
+              "student_11n_ultralytics_distill_model": ([0.45, 0.55], [0.45, 0.55]),
+              "student_11n_kd_default": ([0.50, 0.60], [0.40, 0.52])}  # fmt: skip
+    res = tmp_path / "bench" / "reg" / "results.json"
+    for row, s, k, _ in plan:
+        best, last = scores[row.name]
+        cache.save(res, k, {"name": row.name, "map50_95": best[s["seed"]], "last_map50_95": last[s["seed"]]})
+    cache.save(res, "stale-key", {"name": "student_11n_kd_default", "map50_95": 0.99, "last_map50_95": 0.99})
+    before = res.read_text()
+    text = kd_verdict(str(recipe), root=str(tmp_path / "bench"))
+    assert "| student_11n_kd_default | 2 | 0.5500 ± 0.0707 | 0.4600 ± 0.0849 | 0.84 |" in text
+    assert "- best.pt >= plain: yes (0.5500 vs 0.4500)" in text
+    assert "- best.pt >= native: yes (0.5500 vs 0.5000)" in text
+    assert "- last.pt >= plain: yes (0.4600 vs 0.4000)" in text
+    assert "- last.pt >= native: NO (0.4600 vs 0.5000)" in text
+    assert "- last.pt >= 0.9 x best.pt: NO (0.4600 vs 0.4950)" in text
+    assert "provisional" not in text and res.read_text() == before
+
+
+def test_a_recipe_s_plain_form_has_no_unset_keys():
+    """A recipe key added with an unset default must not appear in the plain form: it would change the bench cache
+    key of every KD row that ran before it existed, and rerun all of them."""
+    from yolo_distill.config import load_distill_recipe, shipped_recipes
+
+    for name in shipped_recipes("distill"):
+        plain = load_distill_recipe(name).to_dict()
+        assert not [k for k, v in plain.items() if v is None], (name, plain)

@@ -10,9 +10,10 @@ demo are ``run_bench`` / ``run_demo``: ``yolo_distill.bench`` and ``yolo_distill
 | :func:`iterative_prune` | prune / fine-tune rounds from a ``configs/prune`` recipe |
 | :func:`carve` | cut a stock smaller model of the family (a target YAML) out of a trained checkpoint |
 | :func:`lowrank` | low-rank factorization (SVD / spatial SVD) of a checkpoint's convolutions |
-| :func:`export` | ONNX export with PyTorch parity, INT8 and latency |
+| :func:`export` | ONNX / OpenVINO / NCNN / LiteRT export with PyTorch parity, INT8, latency and mAP |
 | :func:`evaluate` | mAP of a checkpoint or an exported model |
 | :func:`run_bench` | a benchmark recipe, cached and resumable |
+| :func:`kd_verdict` | the distillation bar across benches (default vs plain and native, best.pt and last.pt) |
 | :func:`run_demo` | every stage on the built-in dataset |
 | :func:`generate_shapes`, :func:`coco_to_yolo`, :func:`voc_to_yolo`, :func:`check_dataset` | data |
 | :func:`kd_step_cost`, :func:`prune_speed` | the two side studies (KD step cost, pruning speed) |
@@ -24,6 +25,7 @@ from __future__ import annotations
 from yolo_distill.bench.prune_speed import measure as prune_speed
 from yolo_distill.bench.runner import run_bench
 from yolo_distill.bench.step_cost import measure as kd_step_cost
+from yolo_distill.bench.verdict import kd_verdict
 from yolo_distill.compress.carve import carve_checkpoint as carve
 from yolo_distill.compress.checkpoint import prune_checkpoint as prune
 from yolo_distill.compress.iterative import IterativeRecipe, iterative_prune
@@ -43,6 +45,6 @@ distill = train
 
 __all__ = [
     "IterativeRecipe", "ShapesSpec", "UnknownName", "carve", "check_dataset", "coco_to_yolo", "distill", "evaluate",
-    "export", "generate_shapes", "iterative_prune", "kd_step_cost", "lowrank", "prune", "prune_speed", "recipes",
-    "run_bench", "run_demo", "train", "voc_to_yolo",
+    "export", "generate_shapes", "iterative_prune", "kd_step_cost", "kd_verdict", "lowrank", "prune", "prune_speed",
+    "recipes", "run_bench", "run_demo", "train", "voc_to_yolo",
 ]  # fmt: skip

@@ -192,14 +192,16 @@ class DistillRecipe:
     def to_dict(self) -> dict[str, Any]:
         """Plain data (builtins only), safe to store in Ultralytics' args and checkpoints.
 
-        ``schedule.stop_at_teacher`` and ``alpha`` appear only when set, so the plain form of a recipe that does not
-        use them (and with it the benchmark's cache key of rows that ran before they existed) stays as it was.
+        ``schedule.stop_at_teacher``, ``alpha`` and ``ema_epochs`` appear only when set, so the plain form of a recipe
+        that does not use them (and with it the benchmark's cache key of rows that ran before they existed) stays as
+        it was.
         """
         data = dataclasses.asdict(self)
         if not data["schedule"]["stop_at_teacher"]:
             del data["schedule"]["stop_at_teacher"]
-        if data["alpha"] is None:
-            del data["alpha"]
+        for optional in ("alpha", "ema_epochs"):
+            if data[optional] is None:
+                del data[optional]
         return data
 
 

@@ -1,0 +1,110 @@
+"""Distillation across regimes, judged: every student row of several benches (best.pt and last.pt mAP50-95, mean and
+spread over seeds) and, per bench, whether the default recipe meets issue 14's bar: on best.pt and on last.pt at
+least plain training and Ultralytics' native ``distill_model=``, and last.pt at least 0.9 of its best.pt, each on
+the mean of two seeds or more.
+
+Read-only: it reads each bench's ``results.json`` through the bench's own plan (the same cache keys a run uses), so a
+result of a row whose recipe line has changed since is not counted; nothing is trained or written.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from yolo_distill.bench import cache
+from yolo_distill.bench.runner import _plan
+from yolo_distill.bench.spec import load_bench_recipe
+
+#: the rows the bar compares, by name (a bench may add a suffix to them: see :func:`kd_verdict`)
+DEFAULT, PLAIN, NATIVE = "student_11n_kd_default", "student_11n_plain", "student_11n_ultralytics_distill_model"
+
+
+def finished_rows(recipe: str, out: str | None = None) -> dict[str, list[dict]]:
+    """Every finished row of a bench and its seeds: ``{row name: [result with "seed", ...]}``."""
+    spec = load_bench_recipe(recipe)
+    settings = {"data": "shapes", **spec.settings}
+    results = cache.load(Path(out or Path("bench") / spec.path.stem) / "results.json")
+    rows: dict[str, list[dict]] = {}
+    for row, s, key, _ in _plan(spec, settings, settings, int(spec.repeats)):
+        if key in results:
+            taught = bool(row.teacher or row.distill_model)
+            rows.setdefault(row.name, []).append({**results[key], "seed": s["seed"], "taught": taught})
+    return rows
+
+
+def _stats(vals: list[float]) -> tuple[float, float]:
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
+def _students(rows: dict[str, list[dict]], suffix: str) -> dict[str, list[dict]]:
+    """Student rows by name; with ``suffix``, a row ``NAME+suffix`` stands for ``NAME`` (e.g. the students of another
+    teacher in the same bench), and of the rows without it only those trained without a teacher (plain) are kept."""
+    out = {}
+    for name, rs in rows.items():
+        if not name.startswith("student_"):
+            continue
+        if suffix and name.endswith(suffix):
+            out[name[: -len(suffix)]] = rs
+        elif not suffix or not rs[0]["taught"]:
+            out.setdefault(name, rs)
+    return out
+
+
+def kd_verdict(benches: list[str] | str, root: str = "bench") -> str:
+    """The markdown table and verdict of each bench in ``benches``.
+
+    Args:
+        benches: bench recipe names, each optionally ``NAME:SUFFIX`` to read the rows ``student_*SUFFIX`` as the
+            students (``cpu-small:_long_teacher``: the students of the converged teacher). A comma-separated string
+            is split.
+        root: the folder holding each bench's results (``ROOT/<recipe stem>/results.json``).
+
+    Returns:
+        Markdown: per bench, one line per student row (seeds; best.pt and last.pt mean ± spread; last / best) and
+        the bar's five checks for the default recipe (``needs 2 seeds`` where a row has fewer).
+    """
+    if isinstance(benches, str):
+        benches = [b.strip() for b in benches.split(",") if b.strip()]
+    lines = []
+    for bench in benches:
+        name, _, suffix = str(bench).partition(":")
+        spec = load_bench_recipe(name)
+        students = _students(finished_rows(name, str(Path(root) / spec.path.stem)), suffix)
+        lines += [f"## {bench}", "", "| row | seeds | best.pt mAP50-95 | last.pt mAP50-95 | last / best |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        means: dict[str, tuple[float, float | None, int]] = {}
+        for row, rs in sorted(students.items()):
+            best = [r["map50_95"] for r in rs]
+            last = [r["last_map50_95"] for r in rs if r.get("last_map50_95") is not None]
+            (bm, bs), lm = _stats(best), _stats(last) if last else None
+            means[row] = (bm, lm[0] if lm else None, len(rs))
+            last_txt = f"{lm[0]:.4f} ± {lm[1]:.4f}" if lm else "-"
+            ratio = f"{lm[0] / bm:.2f}" if lm and bm > 0 else "-"
+            lines.append(f"| {row} | {len(rs)} | {bm:.4f} ± {bs:.4f} | {last_txt} | {ratio} |")
+        lines += ["", *_bar(means), ""]
+    return "\n".join(lines)
+
+
+def _bar(means: dict[str, tuple[float, float | None, int]]) -> list[str]:
+    """The five checks of the bar for the default recipe, each ``yes``, ``NO`` or why it cannot be judged yet."""
+    missing = [r for r in (DEFAULT, PLAIN, NATIVE) if r not in means]
+    if missing:
+        return [f"Bar: not judged yet: no finished {', '.join(missing)}."]
+    few = [r for r in (DEFAULT, PLAIN, NATIVE) if means[r][2] < 2]
+    (db, dl, _), (pb, pl, _), (nb, nl, _) = means[DEFAULT], means[PLAIN], means[NATIVE]
+
+    def check(what: str, a: float | None, b: float | None) -> str:
+        if a is None or b is None:
+            return f"- {what}: no last.pt measured"
+        return f"- {what}: {'yes' if a >= b else 'NO'} ({a:.4f} vs {b:.4f})"
+
+    out = [
+        "Bar for `default`" + (f" (provisional: fewer than 2 seeds of {', '.join(few)})" if few else "") + ":",
+        check("best.pt >= plain", db, pb),
+        check("best.pt >= native", db, nb),
+        check("last.pt >= plain", dl, pl),
+        check("last.pt >= native", dl, nl),
+        check("last.pt >= 0.9 x best.pt", dl, 0.9 * db),
+    ]
+    return out
