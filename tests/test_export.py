@@ -65,8 +65,9 @@ def test_bad_inputs(tmp_path, tiny_data, ckpt_factory, caplog):
     ckpt = shutil.copy(ckpt_factory("yolo11n.yaml"), tmp_path / "m.pt")
     with pytest.raises(ValueError, match="exclusive"):
         export_checkpoint(ckpt, int8=True, half=True)
-    with pytest.raises(ValueError, match="format='tflite' is not valid: expected one of onnx, openvino, ncnn, all"):
-        export_checkpoint(ckpt, format="tflite")
+    with pytest.raises(ValueError, match="format='coreml' is not valid: expected one of onnx, openvino, ncnn, litert, "
+                                         "all"):  # fmt: skip
+        export_checkpoint(ckpt, format="coreml")
     cls = save_stock_checkpoint(ClassificationModel("yolo11n-cls.yaml", nc=3, verbose=False), tmp_path / "c.pt")
     with pytest.raises(ValueError, match="detection models only"):
         export_checkpoint(cls)
