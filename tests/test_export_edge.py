@@ -113,6 +113,19 @@ def test_missing_runtime_names_the_install_command_and_writes_nothing(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
 
 
+def test_format_all_with_only_onnx_installed_still_never_overwrites_its_table(tmp_path, ckpt_factory, monkeypatch):
+    """``format=all`` writes ``CKPT_export.md`` and ``.png`` whatever runtimes are installed, so an existing one is
+    refused (not replaced) even when ONNX is the only runtime left."""
+    for mod in (ov, ncnn, litert):
+        monkeypatch.setattr(mod, "available", lambda: False)
+    ckpt = shutil.copy(ckpt_factory("yolo11n.yaml"), tmp_path / "m.pt")
+    (tmp_path / "m_export.md").write_text("the user's notes")
+    with pytest.raises(FileExistsError, match="m_export.md"):
+        export(str(ckpt), format="all", imgsz=64)
+    assert (tmp_path / "m_export.md").read_text() == "the user's notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "m_export.md"]
+
+
 @needs_openvino
 @needs_ncnn
 def test_a_bench_export_row_with_format_all_reports_every_runtime(tmp_path, tiny_data, ckpt_factory):

@@ -151,7 +151,7 @@ def export_checkpoint(
                 "its learned Q/DQ ranges; export the FP32 checkpoint for OpenVINO)")  # fmt: skip
         require(not int8, "int8", int8, "false for a QAT checkpoint (its ONNX model is INT8 already)")
         require(not half, "half", half, "false for a QAT checkpoint (its ONNX model is INT8)")
-    out_onnx, out_int8, out_json = _plan_outputs(ckpt, int8, overwrite, formats)
+    out_onnx, out_int8, out_json = _plan_outputs(ckpt, int8, overwrite, formats, tables=format == "all")
     data = _data_for(net, data)
     if int8 and not data:
         raise ValueError("int8=True needs data= (a dataset of the model's classes: its images calibrate INT8)")
@@ -305,12 +305,13 @@ def _fit_imgsz(net: nn.Module, imgsz: int) -> int:
     return imgsz
 
 
-def _plan_outputs(ckpt: Path, int8: bool, overwrite: bool, formats: set[str]) -> tuple[Path, Path, Path]:
+def _plan_outputs(ckpt: Path, int8: bool, overwrite: bool, formats: set[str],
+                  tables: bool = False) -> tuple[Path, Path, Path]:  # fmt: skip
     """``CKPT.onnx``, ``CKPT_int8.onnx`` and ``CKPT_export.json`` beside the checkpoint; refuses existing outputs
     (the OpenVINO folders too); an existing OpenVINO folder is removed only with ``overwrite``."""
     out_onnx, out_int8 = ckpt.with_suffix(".onnx"), ckpt.with_name(f"{ckpt.stem}_int8.onnx")
     out_json = ckpt.with_name(f"{ckpt.stem}_export.json")
-    planned = [out_json] + ([out_json.with_suffix(".md"), out_json.with_suffix(".png")] if len(formats) > 1 else [])
+    planned = [out_json] + ([out_json.with_suffix(".md"), out_json.with_suffix(".png")] if tables else [])
     if "onnx" in formats:
         planned += [out_onnx] + ([out_int8] if int8 else [])
     if "openvino" in formats:
