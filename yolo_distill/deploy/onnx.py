@@ -179,13 +179,16 @@ def export_checkpoint(
     report = ExportReport(str(ckpt), None, imgsz, None, precision=prec)
     models: dict[str, Path] = {}  # latency and mAP keys -> exported model
     runners: dict[str, object] = {}
+    calib = letterbox_images(images[:calib_images], imgsz) if int8 else None  # every runtime's INT8 calibrates on it
     if "onnx" in formats:
         onnx_path = _export_onnx(ckpt, out_onnx, imgsz, dynamic, opset, simplify, half)
         report.onnx = str(onnx_path)
         report.parity = check_parity(ref, onnx_path, batch, end2end, score_tol, box_tol, threads, fp64_factory=fp64)
         models[f"onnx_{prec}"] = onnx_path
         if int8:
-            _quantize(report, onnx_path, out_int8, images, imgsz, calib_images, calib_method, overwrite)
+            report.int8_calibration = quantize_int8(onnx_path, out_int8, calib, overwrite=overwrite,
+                                                    method=calib_method)  # fmt: skip
+            report.int8_onnx = str(out_int8)
             report.int8_parity = check_parity(ref, out_int8, batch, end2end, math.inf, math.inf, threads)
             models["onnx_int8"] = out_int8
     if "openvino" in formats:
@@ -215,8 +218,7 @@ def export_checkpoint(
         report.litert_parity = check_parity(ref, litert.litert_runner(lt_path, threads, end2end), batch, end2end,
                                             score_tol, box_tol, fp64_factory=fp64)  # fmt: skip
         models[f"litert_{prec}"] = lt_path
-        if int8:  # the same calibration images as ONNX Runtime's INT8
-            calib = letterbox_images(images[:calib_images], imgsz).astype(np.float32)
+        if int8:
             litert.quantize_litert(lt_path, lt_int8, calib)
             report.litert_int8 = str(lt_int8)
             report.litert_int8_parity = check_parity(ref, litert.litert_runner(lt_int8, threads, end2end), batch,
@@ -352,13 +354,6 @@ def _latency(runners: dict, ref: nn.Module, x1: np.ndarray, threads: int, runs: 
             return compare_runners({**runners, "torch_fp32": lambda x: ref(t_in)}, x1, runs, 5, f"{threads} thread(s)")
     finally:
         torch.set_num_threads(prev)
-
-
-def _quantize(report: ExportReport, onnx_path: Path, out_int8: Path, images: list[Path], imgsz: int,
-              calib_images: int, calib_method: str, overwrite: bool) -> None:  # fmt: skip
-    calib = letterbox_images(images[:calib_images], imgsz)
-    report.int8_calibration = quantize_int8(onnx_path, out_int8, calib, overwrite=overwrite, method=calib_method)
-    report.int8_onnx = str(out_int8)
 
 
 def _validate(report: ExportReport, models: dict[str, Path | None], data: str, imgsz: int) -> None:
