@@ -49,18 +49,25 @@ def _protect_list(protect: list | str | int | None) -> list[int | str]:
     return list(protect or [])
 
 
+def _fraction(key: str, value: str, expected: str) -> float:
+    """``"0.5x"`` (or ``"0.5X"``) as 0.5: a fraction of the source's measure, in (0, 1); anything else is refused,
+    naming ``key`` and ``expected``."""
+    text = value.strip().lower()
+    try:
+        frac = float(text.removesuffix("x")) if text.endswith("x") else -1.0
+    except ValueError:
+        frac = -1.0
+    require(0 < frac < 1, key, value, expected)
+    return frac
+
+
 def _gflops_target(gflops: float | str | None, net: nn.Module, imgsz: int) -> float | None:
     """``gflops=`` as a number: ``10.5`` as given, ``"0.5x"`` as that fraction of the source's GFLOPs at ``imgsz``."""
     from yolo_distill.compress.pruner import model_stats
 
     if not isinstance(gflops, str):
         return gflops
-    expected = "a number of GFLOPs (gflops=10.5) or a fraction of the source's (gflops=0.5x)"
-    try:
-        frac = float(gflops.strip().removesuffix("x").removesuffix("X"))
-    except ValueError:
-        frac = -1.0
-    require(gflops.strip()[-1:] in ("x", "X") and 0 < frac < 1, "gflops", gflops, expected)
+    frac = _fraction("gflops", gflops, "a number of GFLOPs (gflops=10.5) or a fraction of the source's (gflops=0.5x)")
     return frac * model_stats(net, imgsz)["gflops"]
 
 
@@ -196,11 +203,7 @@ def _latency_budget(latency: float | str | None) -> float | Callable[[float], fl
                 "measured latency below 1, e.g. latency=0.5x")  # fmt: skip
     v = latency
     if isinstance(v, str) and v.strip().lower().endswith("x"):
-        try:
-            r = float(v.strip().lower().removesuffix("x"))
-        except ValueError:
-            r = -1.0
-        require(0 < r < 1, "latency", latency, expected)
+        r = _fraction("latency", v, expected)
         return lambda source_ms: r * source_ms
     if isinstance(v, str):
         try:
