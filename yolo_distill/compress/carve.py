@@ -43,7 +43,8 @@ def _repeated(m: nn.Module) -> nn.Module | None:
 
 
 def _kinds(container: nn.Module) -> list[str]:
-    return [type(b).__name__ + "".join(type(c).__name__ for c in b.children()) * isinstance(b, nn.Sequential)
+    """Each inner block's kind: its class, or for a Sequential the classes inside it (C3k2's attention blocks)."""
+    return ["+".join(type(c).__name__ for c in b) if isinstance(b, nn.Sequential) else type(b).__name__
             for b in container]  # fmt: skip
 
 
@@ -55,7 +56,7 @@ def carve_depth(source: nn.Module, target: nn.Module) -> tuple[nn.Module, dict[i
     """
     from copy import deepcopy
 
-    import torch
+    import torch_pruning as tp
 
     out, kept = deepcopy(source), {}
     for i, (sm, tm) in enumerate(zip(out.model, target.model)):
@@ -84,14 +85,9 @@ def carve_depth(source: nn.Module, target: nn.Module) -> tuple[nn.Module, dict[i
         kept[i] = keep
         blocks = [s_in[k] for k in keep]
         sm.m = nn.ModuleList(blocks) if concat else nn.Sequential(*blocks)
-        if concat:
-            idx = torch.tensor(list(range(2 * c)) + [j for k in keep for j in range((2 + k) * c, (3 + k) * c)])
-            new = nn.Conv2d(len(idx), cv2.out_channels, cv2.kernel_size, cv2.stride, cv2.padding, cv2.dilation,
-                            cv2.groups, cv2.bias is not None)  # fmt: skip
-            new.weight.data = cv2.weight.data[:, idx].clone()
-            if cv2.bias is not None:
-                new.bias.data = cv2.bias.data.clone()
-            sm.cv2.conv = new
+        if concat:  # cv2 no longer sees the dropped blocks' channels
+            dropped = [k for k in range(n_s) if k not in keep]
+            tp.prune_conv_in_channels(cv2, [j for k in dropped for j in range((2 + k) * c, (3 + k) * c)])
         if hasattr(sm, "n"):
             sm.n = n_t
     return out, kept
