@@ -448,7 +448,7 @@ def test_kd_verdict_judges_the_default_on_best_and_last_over_seeds(tmp_path):
     )
     spec = load_bench_recipe(str(recipe))
     settings = {"data": "shapes", **spec.settings}
-    plan = runner._plan(spec, settings, settings, 2)
+    plan = runner.plan_rows(spec, settings, settings, 2)
     scores = {"student_11n_plain": ([0.40, 0.50], [0.30, 0.50]),
               "student_11n_ultralytics_distill_model": ([0.45, 0.55], [0.45, 0.55]),
               "student_11n_kd_default": ([0.50, 0.60], [0.40, 0.52])}  # fmt: skip

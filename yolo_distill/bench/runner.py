@@ -71,7 +71,7 @@ def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, s
     if dry_run:  # the same plan as a run, but nothing generated, trained or written
         from yolo_distill.bench.dry_run import dry_run as resolve
 
-        return {**resolve(spec, settings, lambda: _plan(spec, settings, settings, reps)), "out": str(out_dir)}
+        return {**resolve(spec, settings, lambda: plan_rows(spec, settings, settings, reps)), "out": str(out_dir)}
     require(not out_dir.is_file(), "out", str(out_dir), "a folder for the bench's results (this is a file)")
     run_settings = {**settings, "data": resolve_data(settings["data"])}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -87,7 +87,7 @@ def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, s
     return {"rows": table, "out": str(out_dir)}
 
 
-def _plan(spec: BenchRecipe, settings: dict, run_settings: dict, reps: int) -> list[tuple[Row, dict, str, dict]]:
+def plan_rows(spec: BenchRecipe, settings: dict, run_settings: dict, reps: int) -> list[tuple[Row, dict, str, dict]]:
     """Every (row, run settings with its seed, cache key, keys of the rows it refers to) in run order.
 
     The key is made from the settings as the recipe writes them (``data: shapes``), not as resolved on this machine
@@ -123,7 +123,7 @@ def _run_rows(spec: BenchRecipe, settings: dict, run_settings: dict, reps: int, 
     res_file = out_dir / "results.json"
     results = cache.load(res_file)
     to_run = set() if report_only else {r.name for r in spec.rows if not only or r.name in only}
-    plan = _plan(spec, settings, run_settings, reps)
+    plan = plan_rows(spec, settings, run_settings, reps)
     compute = _to_compute(plan, results, to_run)
     table: list[dict] = []
     done: dict[str, dict] = {}  # the latest finished seed of each row, for "@row" references

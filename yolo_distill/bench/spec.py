@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from yolo_distill.config import find_recipe, load_yaml
+from yolo_distill.deploy.latency import RUNTIMES
 from yolo_distill.registry import UnknownName
 
 ROW_KINDS = ("train", "prune", "carve", "lowrank", "export")
@@ -147,8 +148,8 @@ def parse_row(raw: Any, where: str, defined: set[str]) -> Row:
         raise ValueError(f"{where}: qat applies to train rows (kind: train), not {raw['kind']}")
     if raw.get("latency") is not None and raw["kind"] != "prune":
         raise ValueError(f"{where}: latency applies to prune rows (kind: prune), not {raw['kind']}")
-    if "runtime" in raw and raw["runtime"] not in ("onnxruntime", "openvino"):
-        raise ValueError(f"{where}: runtime must be onnxruntime or openvino, got {raw['runtime']!r}")
+    if "runtime" in raw and raw["runtime"] not in RUNTIMES:
+        raise ValueError(f"{where}: runtime must be one of {', '.join(RUNTIMES)}, got {raw['runtime']!r}")
     if raw["kind"] == "train" and not raw.get("model"):
         raise ValueError(f"{where}: a train row needs model= (a *.yaml, a *.pt or @row)")
     if raw["kind"] == "carve" and not str(raw.get("target", "")).endswith((".yaml", ".yml")):

@@ -13,20 +13,21 @@ import statistics
 from pathlib import Path
 
 from yolo_distill.bench import cache
-from yolo_distill.bench.runner import _plan
+from yolo_distill.bench.runner import plan_rows
 from yolo_distill.bench.spec import load_bench_recipe
 
 #: the rows the bar compares, by name (a bench may add a suffix to them: see :func:`kd_verdict`)
 DEFAULT, PLAIN, NATIVE = "student_11n_kd_default", "student_11n_plain", "student_11n_ultralytics_distill_model"
 
 
-def finished_rows(recipe: str, out: str | None = None) -> dict[str, list[dict]]:
-    """Every finished row of a bench and its seeds: ``{row name: [result with "seed", ...]}``."""
+def finished_rows(recipe: str, root: str = "bench") -> dict[str, list[dict]]:
+    """Every finished row of a bench (results in ``ROOT/<recipe stem>/``) and its seeds:
+    ``{row name: [result with "seed" and "taught" (trained with a teacher), ...]}``."""
     spec = load_bench_recipe(recipe)
     settings = {"data": "shapes", **spec.settings}
-    results = cache.load(Path(out or Path("bench") / spec.path.stem) / "results.json")
+    results = cache.load(Path(root) / spec.path.stem / "results.json")
     rows: dict[str, list[dict]] = {}
-    for row, s, key, _ in _plan(spec, settings, settings, int(spec.repeats)):
+    for row, s, key, _ in plan_rows(spec, settings, settings, int(spec.repeats)):
         if key in results:
             taught = bool(row.teacher or row.distill_model)
             rows.setdefault(row.name, []).append({**results[key], "seed": s["seed"], "taught": taught})
@@ -69,8 +70,7 @@ def kd_verdict(benches: list[str] | str, root: str = "bench") -> str:
     lines = []
     for bench in benches:
         name, _, suffix = str(bench).partition(":")
-        spec = load_bench_recipe(name)
-        students = _students(finished_rows(name, str(Path(root) / spec.path.stem)), suffix)
+        students = _students(finished_rows(name, root), suffix)
         lines += [f"## {bench}", "", "| row | seeds | best.pt mAP50-95 | last.pt mAP50-95 | last / best |",
                   "|---|---|---|---|---|"]  # fmt: skip
         means: dict[str, tuple[float, float | None, int]] = {}
