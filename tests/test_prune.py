@@ -151,6 +151,22 @@ def test_protect_head_keeps_every_detect_conv(ckpt_factory, family):
     assert rep["params_ratio"] < 0.8, "the rest of the model must still be pruned"
 
 
+@pytest.mark.parametrize("family", ["v8", "11", "26"])
+def test_protect_names_a_conv_inside_a_csp_block(ckpt_factory, family):
+    """``protect=model.2.cv1.conv`` keeps that conv whole, though pruning splits its block's ``cv1`` in two halves;
+    the rest of the model is still pruned. In YOLO11/26 the C2PSA block's ``cv1`` is named the same way."""
+    model = load_model(ckpt_factory(FAMILIES[family]))
+    psa = [f"model.{i}.cv1" for i, m in enumerate(model.model) if type(m).__name__ == "C2PSA"]
+    names = ["model.2.cv1.conv", *psa]
+    pruned, rep = prune_model(model, PruneConfig(ratio=0.5, imgsz=64, protect=names))
+    before, after = conv_channels(model), conv_channels(pruned)
+    for name in names:
+        conv = name if name.endswith(".conv") else f"{name}.conv"
+        assert after[conv] == before[conv], (conv, before[conv], after[conv])
+    assert rep["params_ratio"] < 0.8, "the rest of the model must still be pruned"
+    assert after["model.2.cv2.conv"] < before["model.2.cv2.conv"], "the block's other convs are not protected"
+
+
 def test_layer_ratios_prune_only_those_layers(ckpt_factory):
     model = load_model(ckpt_factory("yolov8n.yaml"))
     others = [i for i in range(len(model.model)) if i != 2]

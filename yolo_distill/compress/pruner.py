@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from yolo_distill.compress.prepare import fit_attention, merge_csp, split_csp
+from yolo_distill.compress.prepare import SplitCSP, fit_attention, merge_csp, split_csp
 from yolo_distill.log import progress
 from yolo_distill.registry import ALLOCATIONS, IMPORTANCE
 
@@ -161,13 +161,24 @@ def _ignored(model: nn.Module, cfg: PruneConfig, n_backbone: int) -> list[nn.Mod
             if not 0 <= i < len(model.model):
                 raise ValueError(f"protect: layer index {i} does not exist (the model has {len(model.model)} layers)")
             ignored += [m for m in model.model[i].modules() if isinstance(m, nn.Conv2d)]
-        elif p in names:
-            ignored += [m for m in names[p].modules() if isinstance(m, nn.Conv2d)]
+        elif _named(names, p):
+            ignored += [m for mod in _named(names, p) for m in mod.modules() if isinstance(m, nn.Conv2d)]
         else:
             raise ValueError(
                 f"protect: no layer named {p!r}; use a layer index, a name like 'model.3.conv', or 'head' (Detect)"
             )
     return ignored
+
+
+def _named(names: dict[str, nn.Module], name: str) -> list[nn.Module]:
+    """The modules a ``protect=`` name means: the module itself, or, for the ``cv1`` of a C2f / C3k2 / C2PSA block
+    split for pruning (``model.2.cv1``, ``model.2.cv1.conv``), both of its halves (``cv1a``, ``cv1b``)."""
+    if name in names:
+        return [names[name]]
+    block, sep, rest = name.partition(".cv1")
+    if sep and (not rest or rest.startswith(".")) and isinstance(names.get(block), SplitCSP):
+        return [names[f"{block}.{half}{rest}"] for half in ("cv1a", "cv1b") if f"{block}.{half}{rest}" in names]
+    return []
 
 
 def _taylor_batches(data: str | None, imgsz: int, batches: int) -> list[dict]:
