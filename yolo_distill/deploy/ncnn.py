@@ -25,8 +25,9 @@ def available() -> bool:
     return importlib.util.find_spec("ncnn") is not None and importlib.util.find_spec("pnnx") is not None
 
 
-def require_runtime(int8: bool) -> None:
-    """Raise a clear error, naming the install command, when NCNN is missing or INT8 is asked of it."""
+def require_runtime(int8: bool, half: bool = False) -> None:
+    """Raise a clear error, naming the install command, when NCNN is missing or INT8 is asked of it (it has FP16
+    files, so ``half`` is always served)."""
     if not available():
         raise ValueError(f"format=ncnn needs NCNN and PNNX, which are not installed: {INSTALL}")
     if int8:

@@ -3,8 +3,8 @@ PyTorch on every export, optional INT8, latency through each runtime measured si
 
 Writes next to the checkpoint, as Ultralytics does: ``CKPT.onnx``, ``CKPT_int8.onnx``, ``CKPT_openvino_model/``,
 ``CKPT_int8_openvino_model/``, ``CKPT_ncnn_model/``, ``CKPT.tflite``, ``CKPT_int8.tflite`` and ``CKPT_export.json``.
-Existing outputs are never overwritten unless ``overwrite=True``. Each runtime's own steps are in its module
-(:mod:`~yolo_distill.deploy.openvino`, :mod:`~yolo_distill.deploy.ncnn`, :mod:`~yolo_distill.deploy.litert`).
+Existing outputs are never overwritten unless ``overwrite=True``. The workflow is the same for every runtime: it
+loops over :data:`~yolo_distill.deploy.targets.TARGETS`, where each runtime's steps are named.
 """
 
 from __future__ import annotations
@@ -21,12 +21,10 @@ from yolo_distill.checkpoints import load_model, write_text_atomic
 from yolo_distill.config import require, require_int
 from yolo_distill.data.builtin import require_data
 from yolo_distill.data.images import dataset_images, letterbox_images
-from yolo_distill.deploy import litert, ncnn
-from yolo_distill.deploy import openvino as ov
-from yolo_distill.deploy.exporter import ultralytics_export
-from yolo_distill.deploy.latency import compare_runners, ort_runner
+from yolo_distill.deploy.latency import compare_runners
 from yolo_distill.deploy.parity import Parity, ParityError, check_parity
-from yolo_distill.deploy.quantize import CALIBRATION, quantize_int8
+from yolo_distill.deploy.quantize import CALIBRATION
+from yolo_distill.deploy.targets import BY_KEY, TARGETS, Job, Target
 from yolo_distill.evaluation import evaluate
 from yolo_distill.log import LOGGER, table
 
@@ -34,9 +32,7 @@ __all__ = ["ExportReport", "Parity", "ParityError", "check_parity", "export_chec
 
 
 #: ``format=`` values; ``all`` is ONNX and every other runtime installed here
-FORMATS = ("onnx", "openvino", "ncnn", "litert", "all")
-#: the runtimes that are optional extras, with their modules
-OPTIONAL = {"openvino": ov, "ncnn": ncnn, "litert": litert}
+FORMATS = (*BY_KEY, "all")
 
 
 @dataclass
@@ -123,12 +119,8 @@ def export_checkpoint(
     format = "litert" if format == "tflite" else format  # LiteRT's former name, still accepted by Ultralytics
     require(format in FORMATS, "format", format, f"one of {', '.join(FORMATS)} (with int8=True for INT8)")
     formats = _formats(format, half)
-    if "openvino" in formats:
-        ov.require_runtime(int8)
-    if "ncnn" in formats:
-        ncnn.require_runtime(int8 and format == "ncnn")
-    if "litert" in formats:
-        litert.require_runtime(int8, half)
+    for t in formats:  # format=all takes INT8 from the runtimes that offer it; one named explicitly must offer it
+        t.require(int8 and (t.quantize is not None or format == t.key), half)
     if int8 and half:
         raise ValueError("int8=True and half=True are exclusive (INT8 is calibrated from the FP32 model); export twice")
     for key, value, low in (("imgsz", imgsz, 32), ("threads", threads, 1), ("runs", runs, 1),
@@ -147,11 +139,11 @@ def export_checkpoint(
     imgsz = _fit_imgsz(net, imgsz)
     qat = _is_qat(net)
     if qat:  # its Q/DQ ranges are learned: it exports as an INT8 QDQ ONNX model itself
-        require(formats == {"onnx"}, "format", format, "onnx for a QAT checkpoint (only ONNX and TensorRT read "
-                "its learned Q/DQ ranges; export the FP32 checkpoint for OpenVINO)")  # fmt: skip
+        require([t.key for t in formats] == ["onnx"], "format", format, "onnx for a QAT checkpoint (only ONNX "
+                "and TensorRT read its learned Q/DQ ranges; export the FP32 checkpoint for OpenVINO)")  # fmt: skip
         require(not int8, "int8", int8, "false for a QAT checkpoint (its ONNX model is INT8 already)")
         require(not half, "half", half, "false for a QAT checkpoint (its ONNX model is INT8)")
-    out_onnx, out_int8, out_json = _plan_outputs(ckpt, int8, overwrite, formats, tables=format == "all")
+    out_json = _plan_outputs(ckpt, int8, overwrite, formats, tables=format == "all")
     data = _data_for(net, data)
     if int8 and not data:
         raise ValueError("int8=True needs data= (a dataset of the model's classes: its images calibrate INT8)")
@@ -180,89 +172,56 @@ def export_checkpoint(
     models: dict[str, Path] = {}  # latency and mAP keys -> exported model
     runners: dict[str, object] = {}
     calib = letterbox_images(images[:calib_images], imgsz) if int8 else None  # every runtime's INT8 calibrates on it
-    if "onnx" in formats:
-        onnx_path = _export_onnx(ckpt, out_onnx, imgsz, dynamic, opset, simplify, half)
-        report.onnx = str(onnx_path)
-        report.parity = check_parity(ref, onnx_path, batch, end2end, score_tol, box_tol, threads, fp64_factory=fp64)
-        models[f"onnx_{prec}"] = onnx_path
-        if int8:
-            report.int8_calibration = quantize_int8(onnx_path, out_int8, calib, overwrite=overwrite,
-                                                    method=calib_method)  # fmt: skip
-            report.int8_onnx = str(out_int8)
-            report.int8_parity = check_parity(ref, out_int8, batch, end2end, math.inf, math.inf, threads)
-            models["onnx_int8"] = out_int8
-    if "openvino" in formats:
-        ov_dir, ov_int8 = ov.output_dirs(ckpt)
-        ov.export_openvino(ckpt, ov_dir, imgsz, half=half)
-        report.openvino = str(ov_dir)
-        report.openvino_parity = check_parity(ref, ov.ov_runner(ov_dir, threads), batch, end2end, score_tol, box_tol,
-                                              fp64_factory=fp64)  # fmt: skip
-        models[f"openvino_{prec}"] = ov_dir
-        if int8:
-            n_val = max(len(dataset_images(data, 10_000, split="val")), 1)
-            ov.export_openvino(ckpt, ov_int8, imgsz, int8=True, data=data, fraction=min(1.0, calib_images / n_val))
-            report.openvino_int8 = str(ov_int8)
-            report.openvino_int8_parity = check_parity(ref, ov.ov_runner(ov_int8, threads), batch, end2end, math.inf,
-                                                       math.inf)  # fmt: skip
-            models["openvino_int8"] = ov_int8
-    if "ncnn" in formats:
-        nc_dir = ncnn.export_ncnn(ckpt, ncnn.output_dir(ckpt), imgsz, half=half)
-        report.ncnn = str(nc_dir)
-        report.ncnn_parity = check_parity(ref, ncnn.ncnn_runner(nc_dir, threads), batch, end2end, score_tol, box_tol,
-                                          fp64_factory=fp64)  # fmt: skip
-        models[f"ncnn_{prec}"] = nc_dir
-    if "litert" in formats:
-        lt_path, lt_int8 = litert.output_paths(ckpt)
-        litert.export_litert(ckpt, lt_path, imgsz)
-        report.litert = str(lt_path)
-        report.litert_parity = check_parity(ref, litert.litert_runner(lt_path, threads, end2end), batch, end2end,
-                                            score_tol, box_tol, fp64_factory=fp64)  # fmt: skip
-        models[f"litert_{prec}"] = lt_path
-        if int8:
-            litert.quantize_litert(lt_path, lt_int8, calib)
-            report.litert_int8 = str(lt_int8)
-            report.litert_int8_parity = check_parity(ref, litert.litert_runner(lt_int8, threads, end2end), batch,
-                                                     end2end, math.inf, math.inf)  # fmt: skip
-            models["litert_int8"] = lt_int8
-    for k, path in models.items():
-        if k.startswith("openvino"):
-            runners[k] = ov.ov_runner(path, threads)
-        elif k.startswith("ncnn"):
-            runners[k] = ncnn.ncnn_runner(path, threads, fp16=half)
-        elif k.startswith("litert"):
-            runners[k] = litert.litert_runner(path, threads, end2end)
-        else:
-            runners[k] = ort_runner(path, threads)
+    job = Job(ckpt, imgsz, half, dynamic, opset, simplify, data, calib, calib_images, calib_method, overwrite)
+    models: dict[str, tuple[Target, Path]] = {}  # latency and mAP keys -> (runtime, exported model)
+    for t in formats:
+        out, out_int8 = t.outputs(ckpt)
+        path = t.export(job, out)
+        f_out, f_parity, f_int8, f_int8_parity = t.fields
+        setattr(report, f_out, str(path))
+        setattr(report, f_parity, check_parity(ref, t.runner(path, threads, end2end, False), batch, end2end,
+                                               score_tol, box_tol, fp64_factory=fp64))  # fmt: skip
+        models[f"{t.key}_{prec}"] = (t, path)
+        if int8 and t.quantize is not None:
+            note = t.quantize(job, path, out_int8)
+            if note is not None:
+                report.int8_calibration = note
+            setattr(report, f_int8, str(out_int8))  # INT8 against FP32 PyTorch: measured, not judged
+            setattr(report, f_int8_parity, check_parity(ref, t.runner(out_int8, threads, end2end, False), batch,
+                                                        end2end, math.inf, math.inf))  # fmt: skip
+            models[f"{t.key}_int8"] = (t, out_int8)
+    runners = {k: t.runner(path, threads, end2end, half and not k.endswith("int8")) for k, (t, path) in models.items()}
     report.latency_ms = _latency(runners, ref, batch[:1], threads, runs)
     if validate and data:
-        _validate(report, models, data, imgsz)
+        _validate(report, {k: path for k, (_, path) in models.items()}, data, imgsz)
     write_text_atomic(out_json, json.dumps(asdict(report), indent=2))
     if format == "all":  # one table and one plot of every runtime x precision
         write_text_atomic(out_json.with_suffix(".md"), runtime_table(report, threads))
         _runtime_plot(report, out_json.with_suffix(".png"))
     LOGGER.info(summary(report))
-    judged = (("ONNX Runtime", report.parity), ("OpenVINO", report.openvino_parity), ("NCNN", report.ncnn_parity),
-              ("LiteRT", report.litert_parity))
-    for name, par in judged:
-        if par is not None and not par.ok and not qat:  # QAT: INT8 against fake quantization, measured (as INT8)
-            raise ParityError(_parity_message(ckpt, par, box_tol, score_tol, out_json, name))
+    for t in formats:
+        par = getattr(report, t.fields[1])
+        if not par.ok and not qat:  # QAT: INT8 against fake quantization, measured (as INT8)
+            raise ParityError(_parity_message(ckpt, par, box_tol, score_tol, out_json, t.display))
     return report
 
 
 # -- the steps ------------------------------------------------------------------------------------------------------
-def _formats(format: str, half: bool) -> set[str]:
-    """The runtimes ``format`` asks for. ``all`` is ONNX and every optional runtime installed here (each one left out
-    is named with its install command); LiteRT is left out of ``all`` with ``half=True`` (it has no FP16 file)."""
+def _formats(format: str, half: bool) -> list[Target]:
+    """The runtimes ``format`` asks for, in :data:`TARGETS` order. ``all`` is ONNX and every optional runtime
+    installed here (each one left out is named with its install command), less those without an FP16 file when
+    ``half=True``."""
     if format != "all":
-        return {format}
-    chosen = {"onnx"}
-    for name, mod in OPTIONAL.items():
-        if not mod.available():
-            LOGGER.warning("yolo_distill: format=all leaves out %s, which is not installed: %s", name, mod.INSTALL)
-        elif name == "litert" and half:
-            LOGGER.warning("yolo_distill: format=all half=True leaves out litert (no FP16 file in LiteRT)")
+        return [BY_KEY[format]]
+    chosen = []
+    for t in TARGETS:
+        if not t.available():
+            LOGGER.warning("yolo_distill: format=all leaves out %s, which is not installed: %s", t.key,
+                           t.module.INSTALL)  # fmt: skip
+        elif half and not t.half:
+            LOGGER.warning("yolo_distill: format=all half=True leaves out %s (it has no FP16 file)", t.key)
         else:
-            chosen.add(name)
+            chosen.append(t)
     return chosen
 
 
@@ -307,23 +266,14 @@ def _fit_imgsz(net: nn.Module, imgsz: int) -> int:
     return imgsz
 
 
-def _plan_outputs(ckpt: Path, int8: bool, overwrite: bool, formats: set[str],
-                  tables: bool = False) -> tuple[Path, Path, Path]:  # fmt: skip
-    """``CKPT.onnx``, ``CKPT_int8.onnx`` and ``CKPT_export.json`` beside the checkpoint; refuses existing outputs
-    (the OpenVINO folders too); an existing OpenVINO folder is removed only with ``overwrite``."""
-    out_onnx, out_int8 = ckpt.with_suffix(".onnx"), ckpt.with_name(f"{ckpt.stem}_int8.onnx")
+def _plan_outputs(ckpt: Path, int8: bool, overwrite: bool, formats: list[Target], tables: bool = False) -> Path:
+    """Every output of ``formats`` beside the checkpoint, and ``CKPT_export.json`` (returned); refuses existing
+    outputs, and removes an existing export folder only with ``overwrite``."""
     out_json = ckpt.with_name(f"{ckpt.stem}_export.json")
     planned = [out_json] + ([out_json.with_suffix(".md"), out_json.with_suffix(".png")] if tables else [])
-    if "onnx" in formats:
-        planned += [out_onnx] + ([out_int8] if int8 else [])
-    if "openvino" in formats:
-        ov_dir, ov_int8 = ov.output_dirs(ckpt)
-        planned += [ov_dir] + ([ov_int8] if int8 else [])
-    if "ncnn" in formats:
-        planned.append(ncnn.output_dir(ckpt))
-    if "litert" in formats:
-        lt_path, lt_int8 = litert.output_paths(ckpt)
-        planned += [lt_path] + ([lt_int8] if int8 else [])
+    for t in formats:
+        out, out_int8 = t.outputs(ckpt)
+        planned += [out] + ([out_int8] if int8 and t.quantize is not None else [])
     existing = [p for p in planned if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{[str(p) for p in existing]} already exist; pass overwrite=True or move them away")
@@ -332,14 +282,7 @@ def _plan_outputs(ckpt: Path, int8: bool, overwrite: bool, formats: set[str],
             import shutil
 
             shutil.rmtree(p)
-    return out_onnx, out_int8, out_json
-
-
-def _export_onnx(ckpt: Path, out: Path, imgsz: int, dynamic: bool, opset: int | None, simplify: bool,
-                 half: bool) -> Path:  # fmt: skip
-    """Ultralytics' ONNX exporter (FP32, or FP16 with ``half``), written atomically to ``out``."""
-    fp16 = {"quantize": 16} if half else {}
-    return ultralytics_export(ckpt, out, "onnx", imgsz, dynamic=dynamic, opset=opset, simplify=simplify, **fp16)
+    return out_json
 
 
 def _latency(runners: dict, ref: nn.Module, x1: np.ndarray, threads: int, runs: int) -> dict:
@@ -367,7 +310,6 @@ def _validate(report: ExportReport, models: dict[str, Path | None], data: str, i
 def runtime_table(r: ExportReport, threads: int) -> str:
     """``CKPT_export.md``: every exported model (runtime x precision) with its latency, speed-up over ONNX Runtime
     FP32, mAP run by its own runtime, and parity against PyTorch."""
-    parity = {"onnx": r.parity, "openvino": r.openvino_parity, "ncnn": r.ncnn_parity, "litert": r.litert_parity}
     base = r.latency_ms.get("onnx_fp32", {}).get("median")
     lines = [f"# Export of `{r.checkpoint}` at {r.imgsz} px, {threads} CPU thread(s)", "",
              "Latency: median and p90 of single-image runs, every model timed interleaved with the others (their "
@@ -376,9 +318,7 @@ def runtime_table(r: ExportReport, threads: int) -> str:
              "", "| model | median ms | p90 ms | x ONNX FP32 | mAP50-95 | parity max box px |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for k, v in r.latency_ms.items():
-        runtime = k.split("_")[0]
-        p = {"onnx_int8": r.int8_parity, "openvino_int8": r.openvino_int8_parity,
-             "litert_int8": r.litert_int8_parity}.get(k, parity.get(runtime))  # fmt: skip
+        p = _parity_of(r, k)
         m = r.map50_95.get(k)
         speed = f"{base / v['median']:.2f}x" if base else "-"
         lines.append(f"| {k} | {v['median']:.2f} | {v['p90']:.2f} | {speed} | {f'{m:.4f}' if m is not None else '-'} "
@@ -419,13 +359,19 @@ def _parity_message(ckpt: Path, parity: Parity, box_tol: float, score_tol: float
     )
 
 
+def _parity_of(r: ExportReport, key: str) -> Parity | None:
+    """The parity of the model behind a latency key (``openvino_int8`` -> ``r.openvino_int8_parity``)."""
+    runtime, prec = key.split("_", 1)
+    fields = BY_KEY[runtime].fields if runtime in BY_KEY else (None, None, None, None)
+    name = fields[3] if prec == "int8" else fields[1]
+    return getattr(r, name) if name else None
+
+
 def summary(r: ExportReport) -> str:
     """The report as text: parity verdict, then latency and mAP per model."""
-    outs = ", ".join(x for x in (r.onnx, r.int8_onnx, r.openvino, r.openvino_int8, r.ncnn, r.litert, r.litert_int8)
-                     if x)  # fmt: skip
+    outs = ", ".join(getattr(r, f) for t in TARGETS for f in (t.fields[0], t.fields[2]) if f and getattr(r, f))
     lines = [f"export {r.checkpoint} -> {outs} (imgsz {r.imgsz})"]
-    for name, p in (("ONNX", r.parity), ("OpenVINO", r.openvino_parity), ("NCNN", r.ncnn_parity),
-                    ("LiteRT", r.litert_parity)):  # fmt: skip
+    for name, p in ((t.display, getattr(r, t.fields[1])) for t in TARGETS):
         if p is None:
             continue
         lines.append(

@@ -26,8 +26,9 @@ def available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def require_runtime(int8: bool) -> None:
-    """Raise a clear error, naming the install command, when OpenVINO (or NNCF for INT8) is missing."""
+def require_runtime(int8: bool, half: bool = False) -> None:
+    """Raise a clear error, naming the install command, when OpenVINO (or NNCF for INT8) is missing (it has FP16
+    files, so ``half`` is always served)."""
     if not available():
         raise ValueError(f"format=openvino needs the OpenVINO runtime, which is not installed: {INSTALL}")
     if int8 and importlib.util.find_spec("nncf") is None:
