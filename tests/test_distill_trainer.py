@@ -680,3 +680,25 @@ def test_ema_epochs_makes_the_saved_weights_an_average_on_small_data(tmp_path, t
         from yolo_distill.config import load_distill_recipe
 
         load_distill_recipe({"losses": [{"name": "binary_kd"}], "ema_epochs": 0})
+
+
+def test_until_close_mosaic_switches_a_term_off_once_mosaic_closes(tmp_path, tiny_data, ckpt_factory):
+    """A term with ``until_close_mosaic: true`` trains while mosaic is on and weighs 0 in the epochs Ultralytics'
+    ``close_mosaic`` trains without it; the other terms stay on; the key stays out of the plain form when unset."""
+    from yolo_distill.config import load_distill_recipe
+
+    recipe = {"losses": [{"name": "binary_kd", "weight": 0.5}, {"name": "cwd", "until_close_mosaic": True}]}
+    args = {**train_args(tmp_path, epochs=2), "close_mosaic": 1, "val": False}
+    student, teacher = str(ckpt_factory("yolo11n.yaml")), str(ckpt_factory("yolo11s.yaml"))
+    tr = DistillationTrainer(overrides=dict(model=student, data=str(tiny_data), teacher=teacher, distill=recipe,
+                                            **args))
+    tr.train()
+    rows = _rows(tr.save_dir)
+    assert len(rows) == 2
+    assert float(rows[0]["train/kd_cwd"]) > 0, f"mosaic on in epoch 1: the term trains: {rows[0]}"
+    assert float(rows[1]["train/kd_cwd"]) == 0, f"mosaic closed in epoch 2: the term is off: {rows[1]}"
+    assert all(float(r["train/kd_bkd"]) > 0 for r in rows), f"the other term stays on: {rows}"
+    plain = load_distill_recipe({"losses": [{"name": "cwd"}]}).to_dict()
+    assert "until_close_mosaic" not in plain["losses"][0]
+    with pytest.raises(ValueError, match="until_close_mosaic must be true or false"):
+        load_distill_recipe({"losses": [{"name": "cwd", "until_close_mosaic": "yes"}]})

@@ -59,6 +59,8 @@ class KDTerm:
         layers: for feature and attention terms, ``"neck"`` (the maps feeding Detect) or a list of layer indices.
         connector: for feature terms, how student channels are matched: ``"conv"`` (1x1 conv + BN), ``"mgd"``
             (masked generation) or ``"none"`` (channels must match).
+        until_close_mosaic: switch this term off for the last epochs, in which Ultralytics' ``close_mosaic`` has
+            turned mosaic off (the term then weighs 0 in training and validation losses).
     """
 
     name: str
@@ -66,8 +68,12 @@ class KDTerm:
     params: dict[str, Any] = field(default_factory=dict)
     layers: str | list[int] = "neck"
     connector: str = "conv"
+    until_close_mosaic: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.until_close_mosaic, bool):
+            raise ValueError(f"loss {self.name!r}: until_close_mosaic must be true or false, got "
+                             f"{self.until_close_mosaic!r}")  # fmt: skip
         if not isinstance(self.weight, (int, float)) or self.weight < 0:
             raise ValueError(f"loss {self.name!r}: weight must be a number >= 0, got {self.weight!r}")
         for k in ("temperature", "tau"):
@@ -192,13 +198,16 @@ class DistillRecipe:
     def to_dict(self) -> dict[str, Any]:
         """Plain data (builtins only), safe to store in Ultralytics' args and checkpoints.
 
-        ``schedule.stop_at_teacher``, ``alpha`` and ``ema_epochs`` appear only when set, so the plain form of a recipe
-        that does not use them (and with it the benchmark's cache key of rows that ran before they existed) stays as
-        it was.
+        ``schedule.stop_at_teacher``, ``alpha``, ``ema_epochs`` and a term's ``until_close_mosaic`` appear only when
+        set, so the plain form of a recipe that does not use them (and with it the benchmark's cache key of rows that
+        ran before they existed) stays as it was.
         """
         data = dataclasses.asdict(self)
         if not data["schedule"]["stop_at_teacher"]:
             del data["schedule"]["stop_at_teacher"]
+        for term in data["losses"]:
+            if not term["until_close_mosaic"]:
+                del term["until_close_mosaic"]
         for optional in ("alpha", "ema_epochs"):
             if data[optional] is None:
                 del data[optional]

@@ -48,6 +48,7 @@ class DistillContext:
         self.teacher_det = None  # online mode: the teacher's own detection loss (built on first use)
         self.strides = student.stride.clone()
         self.factor = 1.0
+        self.mosaic_closed = False  # the last close_mosaic epochs: terms with until_close_mosaic weigh 0
         self.stopped = False  # schedule.stop_at_teacher: set once the student's val mAP reached the teacher's
         self.teacher_map: float | None = None  # the teacher's val mAP50-95, measured when stop_at_teacher asks
         self.terms: list[tuple[KDTerm, KDLoss]] = []
@@ -126,9 +127,16 @@ class DistillContext:
         self.strides = self.strides.to(device)
         return self
 
-    def set_epoch(self, epoch: float, total: int) -> None:
-        """Update the schedule factor for ``epoch`` of a ``total``-epoch run."""
+    def set_epoch(self, epoch: float, total: int, close_mosaic: int = 0) -> None:
+        """Update the schedule factor for (0-based) ``epoch`` of a ``total``-epoch run, whose last ``close_mosaic``
+        epochs train without mosaic (Ultralytics closes it when ``epoch == total - close_mosaic``)."""
         self.factor = self.recipe.schedule.factor(epoch, total)
+        self.mosaic_closed = 0 < close_mosaic <= total and epoch >= total - close_mosaic
+
+    def _weight(self, term: KDTerm) -> float:
+        """The term's weight now: its recipe weight times the schedule factor, 0 once mosaic has closed for a term
+        that stops there."""
+        return 0.0 if term.until_close_mosaic and self.mosaic_closed else term.weight * self.factor
 
     # -- copy semantics -----------------------------------------------------------------------------------------
     def __deepcopy__(self, memo: dict) -> DistillContext:
@@ -203,7 +211,7 @@ class DistillContext:
                     v = v + self._term(term, loss_fn, s_br[sb], t_br[tb], t_layers.get(term.name))
                 values.append(v / len(pairs))
         vec = torch.stack(values) if values else img.new_zeros(0, dtype=torch.float32)
-        weights = torch.tensor([t.weight for t, _ in self.terms], device=vec.device) * self.factor
+        weights = torch.tensor([self._weight(t) for t, _ in self.terms], device=vec.device)
         if self.recipe.alpha is not None:  # Hinton's balance: the KD side gets (1 - alpha), the detection side alpha
             weights = weights * (1.0 - self.recipe.alpha)
         vec = vec * weights
@@ -227,7 +235,7 @@ class DistillContext:
         with _fp32(batch["img"].device):
             for term, loss_fn in self.terms:
                 if loss_fn.inputs in ("scores", "dist", "boxes"):
-                    back = back + term.weight * self.factor * self._term(term, loss_fn, t, s, None)
+                    back = back + self._weight(term) * self._term(term, loss_fn, t, s, None)
         return torch.stack([det.sum().float() / batch["img"].shape[0], back])
 
     def _term(self, term: KDTerm, loss_fn: KDLoss, s: HeadOutput, t: HeadOutput, t_layers) -> torch.Tensor:

@@ -330,7 +330,7 @@ def _set_epoch(trainer: DistillationTrainer) -> None:
         flag = [ctx.stopped if RANK == 0 else None]
         torch.distributed.broadcast_object_list(flag, 0)
         ctx.stopped = bool(flag[0])
-    ctx.set_epoch(trainer.epoch, trainer.epochs)
+    ctx.set_epoch(trainer.epoch, trainer.epochs, int(trainer.args.close_mosaic or 0))
 
 
 def _attach_student_recorders(trainer: DistillationTrainer) -> None:
