@@ -466,6 +466,35 @@ def test_kd_verdict_judges_the_default_on_best_and_last_over_seeds(tmp_path):
     assert "- last.pt >= native: NO (0.4600 vs 0.5000)" in text
     assert "- last.pt >= 0.9 x best.pt: NO (0.4600 vs 0.4950)" in text
     assert "provisional" not in text and res.read_text() == before
+    assert "Across regimes" not in text, "one bench: nothing to compare across"
+
+
+def test_kd_verdict_ranks_recipes_by_their_worst_gain_across_benches(tmp_path):
+    """Across benches each KD row's gain over plain (best.pt / last.pt, in % of plain's mean) and its worst gain
+    anywhere: a recipe that wins big in one regime and hurts in another ranks below one that never hurts."""
+    from yolo_distill.bench.verdict import kd_verdict
+
+    scores = {"a": {"student_11n_plain": (0.40, 0.40), "student_11n_kd_default": (0.60, 0.50),
+                    "student_11n_kd_logit": (0.80, 0.80)},
+              "b": {"student_11n_plain": (0.50, 0.50), "student_11n_kd_default": (0.55, 0.55),
+                    "student_11n_kd_logit": (0.45, 0.50)}}  # fmt: skip
+    for bench, bench_rows in scores.items():
+        recipe = tmp_path / f"{bench}.yaml"
+        recipe.write_text("data: shapes\nimgsz: 64\nepochs: 2\nrows:\n" + "".join(
+            f"  - {{name: {n}, kind: train, model: yolo11n.yaml"
+            f"{'' if 'plain' in n else ', teacher: t.pt, recipe: ' + n.split('_kd_')[1]}}}\n"
+            for n in bench_rows))  # fmt: skip
+        spec = load_bench_recipe(str(recipe))
+        settings = {"data": "shapes", **spec.settings}
+        for row, _, k, _ in runner.plan_rows(spec, settings, settings, 1):
+            best, last = bench_rows[row.name]
+            cache.save(tmp_path / "bench" / bench / "results.json", k,
+                       {"name": row.name, "map50_95": best, "last_map50_95": last})  # fmt: skip
+    text = kd_verdict([str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml")], root=str(tmp_path / "bench"))
+    table = text.split("## Across regimes")[1].splitlines()
+    lines = [line for line in table if line.startswith("| student_")]
+    assert lines == ["| student_11n_kd_default | +50.0 % / +25.0 % (1) | +10.0 % / +10.0 % (1) | +10.0 % |",
+                    "| student_11n_kd_logit | +100.0 % / +100.0 % (1) | -10.0 % / +0.0 % (1) | -10.0 % |"], lines
 
 
 def test_a_recipe_s_plain_form_has_no_unset_keys():

@@ -1,7 +1,8 @@
 """Distillation across regimes, judged: every student row of several benches (best.pt and last.pt mAP50-95, mean and
 spread over seeds) and, per bench, whether the default recipe meets issue 14's bar: on best.pt and on last.pt at
 least plain training and Ultralytics' native ``distill_model=``, and last.pt at least 0.9 of its best.pt, each on
-the mean of two seeds or more.
+the mean of two seeds or more. Then one table across the benches: each distillation row's gain over plain training in
+each, and its worst gain anywhere, the number that picks a default that never hurts.
 
 Read-only: it reads each bench's ``results.json`` through the bench's own plan (the same cache keys a run uses), so a
 result of a row whose recipe line has changed since is not counted; nothing is trained or written.
@@ -63,11 +64,13 @@ def kd_verdict(benches: list[str] | str, root: str = "bench") -> str:
 
     Returns:
         Markdown: per bench, one line per student row (seeds; best.pt and last.pt mean ± spread; last / best) and
-        the bar's five checks for the default recipe (``needs 2 seeds`` where a row has fewer).
+        the bar's five checks for the default recipe (``provisional`` where a row has fewer than 2 seeds); then,
+        with more than one bench, the gains over plain across them (:func:`_across`).
     """
     if isinstance(benches, str):
         benches = [b.strip() for b in benches.split(",") if b.strip()]
     lines = []
+    per_bench: dict[str, dict[str, tuple[float, float | None, int]]] = {}
     for bench in benches:
         name, _, suffix = str(bench).partition(":")
         students = _students(finished_rows(name, root), suffix)
@@ -78,12 +81,44 @@ def kd_verdict(benches: list[str] | str, root: str = "bench") -> str:
             best = [r["map50_95"] for r in rs]
             last = [r["last_map50_95"] for r in rs if r.get("last_map50_95") is not None]
             (bm, bs), lm = _stats(best), _stats(last) if last else None
-            means[row] = (bm, lm[0] if lm else None, len(rs))
+            if row == PLAIN or rs[0]["taught"]:
+                means[row] = (bm, lm[0] if lm else None, len(rs))
             last_txt = f"{lm[0]:.4f} ± {lm[1]:.4f}" if lm else "-"
             ratio = f"{lm[0] / bm:.2f}" if lm and bm > 0 else "-"
             lines.append(f"| {row} | {len(rs)} | {bm:.4f} ± {bs:.4f} | {last_txt} | {ratio} |")
         lines += ["", *_bar(means), ""]
+        per_bench[bench] = means
+    if len(per_bench) > 1:
+        lines += _across(per_bench)
     return "\n".join(lines)
+
+
+def _across(per_bench: dict[str, dict[str, tuple[float, float | None, int]]]) -> list[str]:
+    """One line per distillation row (and native): its gain over plain's mean in each bench, in % of plain, on
+    best.pt / last.pt with its seeds, and the worst of those gains; best worst first."""
+    gains: dict[str, dict[str, str]] = {}
+    worst: dict[str, float] = {}
+    for bench, means in per_bench.items():
+        if PLAIN not in means:
+            continue
+        pb, pl, _ = means[PLAIN]
+        for row, (bm, lm, n) in means.items():
+            if row == PLAIN or pb <= 0:
+                continue
+            g = [100 * (bm / pb - 1)] + ([100 * (lm / pl - 1)] if lm is not None and pl else [])
+            gains.setdefault(row, {})[bench] = " / ".join(f"{x:+.1f} %" for x in g) + f" ({n})"
+            worst[row] = min([worst.get(row, float("inf")), *g])
+    if not gains:
+        return []
+    benches = [b for b in per_bench if PLAIN in per_bench[b]]
+    out = ["## Across regimes: gain over plain", "",
+           "Each cell: mean best.pt / last.pt mAP50-95 over plain's, in % (seeds). Worst: the smallest gain anywhere; "
+           "the recipe that never hurts has the highest worst. A row missing from a bench is not judged there.", "",
+           "| row | " + " | ".join(benches) + " | worst |", "|---|" + "---|" * (len(benches) + 1)]  # fmt: skip
+    for row in sorted(gains, key=lambda r: -worst[r]):
+        cells = [gains[row].get(b, "-") for b in benches]
+        out.append(f"| {row} | " + " | ".join(cells) + f" | {worst[row]:+.1f} % |")
+    return [*out, ""]
 
 
 def _bar(means: dict[str, tuple[float, float | None, int]]) -> list[str]:
