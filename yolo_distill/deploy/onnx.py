@@ -24,7 +24,7 @@ from yolo_distill.data.images import dataset_images, letterbox_images
 from yolo_distill.deploy.latency import compare_runners
 from yolo_distill.deploy.parity import Parity, ParityError, check_parity
 from yolo_distill.deploy.quantize import CALIBRATION
-from yolo_distill.deploy.targets import BY_KEY, TARGETS, Job, Target
+from yolo_distill.deploy.targets import BY_KEY, TARGETS, Job, Runner, Target
 from yolo_distill.evaluation import evaluate
 from yolo_distill.log import LOGGER, table
 
@@ -169,31 +169,31 @@ def export_checkpoint(
     if qat:  # fake quantization in PyTorch vs integer Q/DQ in the runtime: measured, not judged (as INT8)
         score_tol, box_tol = math.inf, math.inf
     report = ExportReport(str(ckpt), None, imgsz, None, precision=prec)
-    models: dict[str, Path] = {}  # latency and mAP keys -> exported model
-    runners: dict[str, object] = {}
     calib = letterbox_images(images[:calib_images], imgsz) if int8 else None  # every runtime's INT8 calibrates on it
     job = Job(ckpt, imgsz, half, dynamic, opset, simplify, data, calib, calib_images, calib_method, overwrite)
-    models: dict[str, tuple[Target, Path]] = {}  # latency and mAP keys -> (runtime, exported model)
+    models: dict[str, Path] = {}  # latency and mAP keys -> exported model
+    runners: dict[str, Runner] = {}  # the same keys -> the model in its runtime, opened once for parity and latency
     for t in formats:
         out, out_int8 = t.outputs(ckpt)
         path = t.export(job, out)
         f_out, f_parity, f_int8, f_int8_parity = t.fields
+        run = t.runner(path, threads, end2end, False)  # parity computes in FP32 even for an FP16 file
         setattr(report, f_out, str(path))
-        setattr(report, f_parity, check_parity(ref, t.runner(path, threads, end2end, False), batch, end2end,
-                                               score_tol, box_tol, fp64_factory=fp64))  # fmt: skip
-        models[f"{t.key}_{prec}"] = (t, path)
+        setattr(report, f_parity, check_parity(ref, run, batch, end2end, score_tol, box_tol, fp64_factory=fp64))
+        models[f"{t.key}_{prec}"] = path
+        runners[f"{t.key}_{prec}"] = t.runner(path, threads, end2end, True) if half else run  # timed as deployed
         if int8 and t.quantize is not None:
             note = t.quantize(job, path, out_int8)
             if note is not None:
                 report.int8_calibration = note
+            run8 = t.runner(out_int8, threads, end2end, False)
             setattr(report, f_int8, str(out_int8))  # INT8 against FP32 PyTorch: measured, not judged
-            setattr(report, f_int8_parity, check_parity(ref, t.runner(out_int8, threads, end2end, False), batch,
-                                                        end2end, math.inf, math.inf))  # fmt: skip
-            models[f"{t.key}_int8"] = (t, out_int8)
-    runners = {k: t.runner(path, threads, end2end, half and not k.endswith("int8")) for k, (t, path) in models.items()}
+            setattr(report, f_int8_parity, check_parity(ref, run8, batch, end2end, math.inf, math.inf))
+            models[f"{t.key}_int8"] = out_int8
+            runners[f"{t.key}_int8"] = run8
     report.latency_ms = _latency(runners, ref, batch[:1], threads, runs)
     if validate and data:
-        _validate(report, {k: path for k, (_, path) in models.items()}, data, imgsz)
+        _validate(report, models, data, imgsz)
     write_text_atomic(out_json, json.dumps(asdict(report), indent=2))
     if format == "all":  # one table and one plot of every runtime x precision
         write_text_atomic(out_json.with_suffix(".md"), runtime_table(report, threads))

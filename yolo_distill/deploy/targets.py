@@ -122,13 +122,13 @@ def _prefixed(key: str, int8: bool = True) -> tuple[str, str, str | None, str | 
 TARGETS: tuple[Target, ...] = (
     Target("onnx", "ONNX Runtime", None, _onnx_outputs, _onnx_export, _onnx_quantize, _onnx_runner,
            ("onnx", "parity", "int8_onnx", "int8_parity")),  # fmt: skip
-    Target("openvino", "OpenVINO", ov, lambda c: ov.output_dirs(c),
+    Target("openvino", "OpenVINO", ov, ov.output_dirs,
            lambda job, out: ov.export_openvino(job.ckpt, out, job.imgsz, half=job.half), _ov_quantize,
            lambda p, threads, e2e, fp16: ov.ov_runner(p, threads), _prefixed("openvino")),  # fmt: skip
     Target("ncnn", "NCNN", ncnn, lambda c: (ncnn.output_dir(c), None),
            lambda job, out: ncnn.export_ncnn(job.ckpt, out, job.imgsz, half=job.half), None,
            lambda p, threads, e2e, fp16: ncnn.ncnn_runner(p, threads, fp16=fp16), _prefixed("ncnn", int8=False)),
-    Target("litert", "LiteRT", litert, lambda c: litert.output_paths(c),
+    Target("litert", "LiteRT", litert, litert.output_paths,
            lambda job, out: litert.export_litert(job.ckpt, out, job.imgsz), _litert_quantize,
            lambda p, threads, e2e, fp16: litert.litert_runner(p, threads, e2e), _prefixed("litert"),
            half=False),  # fmt: skip
