@@ -161,8 +161,8 @@ def _ignored(model: nn.Module, cfg: PruneConfig, n_backbone: int) -> list[nn.Mod
             if not 0 <= i < len(model.model):
                 raise ValueError(f"protect: layer index {i} does not exist (the model has {len(model.model)} layers)")
             ignored += [m for m in model.model[i].modules() if isinstance(m, nn.Conv2d)]
-        elif _named(names, p):
-            ignored += [m for mod in _named(names, p) for m in mod.modules() if isinstance(m, nn.Conv2d)]
+        elif mods := _named(names, p):
+            ignored += [m for mod in mods for m in mod.modules() if isinstance(m, nn.Conv2d)]
         else:
             raise ValueError(
                 f"protect: no layer named {p!r}; use a layer index, a name like 'model.3.conv', or 'head' (Detect)"
