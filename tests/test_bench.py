@@ -97,6 +97,9 @@ def test_bench_recipe_errors(tmp_path):
     bad.write_text("rows:\n  - {name: a, kind: train, model: m.yaml, distill_model: '@b'}\n")
     with pytest.raises(ValueError, match="refers to @b before it is defined"):
         runner.run_bench(str(bad))
+    bad.write_text("rows:\n  - {name: a, kind: train, model: m.yaml, teacher: t.pt, teacher_precision: half}\n")
+    with pytest.raises(ValueError, match=r"\(a\): teacher_precision must be one of auto, fp32, bf16, fp16, got 'half'"):
+        runner.run_bench(str(bad))
 
 
 def test_step_cost_table_has_all_configs(ckpt_factory, capsys):
@@ -106,10 +109,12 @@ def test_step_cost_table_has_all_configs(ckpt_factory, capsys):
     to_stdout(verbose=True)
     res = measure(student="yolo11n.yaml", teacher=str(ckpt_factory("yolo11s.yaml")), imgsz=128, batch=2, steps=3,
                   memory=False)  # fmt: skip
-    assert all(res[c]["median_s"] > 0 for c in ("plain", "ours", "native"))
+    assert all(res[c]["median_s"] > 0 for c in ("plain", "floor", "ours", "native"))
+    assert res["ours_above_floor"] == pytest.approx(res["ours"]["median_s"] / res["floor"]["median_s"] - 1)
     assert res["ours_vs_native_time"] == pytest.approx(res["ours"]["median_s"] / res["native"]["median_s"])
     assert res["ours_vs_plain_time"] > 1.0, f"a KD step adds a YOLO11s forward to a YOLO11n step: {res}"
-    assert "ours / native" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ours / native" in out and "floor" in out
 
 
 def test_cache_key_follows_what_the_row_computes(monkeypatch):
@@ -174,6 +179,28 @@ def test_finished_training_is_reused_not_rerun(tmp_path, monkeypatch):
     monkeypatch.setattr("yolo_distill.distill.run.train", lambda *a, **k: pytest.fail("retrained a finished row"))
     got = rows.train_row(teacher, {"data": "x"}, {}, "m.yaml", 2, {"project": str(tmp_path / "runs")})
     assert got == run
+
+
+def test_a_row_s_teacher_precision_reaches_the_trainer_and_the_cache_key(tmp_path, monkeypatch):
+    """``teacher_precision:`` on a row is passed to training (and to its KD step cost), and is part of what the row
+    computes; a row without it keeps the key it always had (no cached row is rerun)."""
+    raw = {"name": "s", "kind": "train", "model": "m.yaml", "teacher": "t.pt"}
+    plain, bf16 = parse_row(raw, "test", set()), parse_row(raw | {"teacher_precision": "bf16"}, "test", set())
+    assert plain.teacher_precision == "auto" and "teacher_precision" not in plain.spec
+    keys = {cache.key(r, {"seed": 0}, {}) for r in (plain, bf16)}
+    assert len(keys) == 2
+    seen = {}
+
+    class Done:
+        save_dir = tmp_path / "runs" / "s"
+
+    monkeypatch.setattr("yolo_distill.distill.run.train", lambda *a, **k: seen.update(k) or Done())
+    rows.train_row(bf16, {"data": "x"}, {}, "m.yaml", 2, {"project": str(tmp_path / "runs")})
+    assert seen["teacher_precision"] == "bf16"
+    monkeypatch.setattr("yolo_distill.bench.step_cost.measure", lambda **k: seen.update(step=k) or
+                        {"ours_vs_plain_time": 1.0, "ours_vs_native_time": 1.0})  # fmt: skip
+    rows.kd_step_cost(bf16, {}, {})
+    assert seen["step"]["teacher_precision"] == "bf16"
 
 
 def test_prune_speed_table(tmp_path, ckpt_factory, capsys):

@@ -48,6 +48,7 @@ TRAIN = {
     "model": ("{tmp}/missing.pt", "never downloads weights"), "data": ("{tmp}/none.yaml", "data="),
     "teacher": ("{tmp}/missing.pt", "never downloads weights"), "recipe": ("nope", "no distill recipe named"),
     "sparsity": ("-1", "sparsity=-1"), "qat": ("maybe", "qat='maybe'"),
+    "teacher_precision": ("half", "teacher_precision='half' is not valid"),
 }  # fmt: skip
 SHAPES = {
     "n_train": ("0", "n_train"), "n_val": ("0", "n_val"), "imgsz": ("8", "imgsz"), "seed": ("-1", "seed"),

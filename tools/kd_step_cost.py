@@ -1,6 +1,7 @@
 """Benchmark: cost of a KD training step, ours vs Ultralytics' native distill_model= vs a plain step.
 
 python tools/kd_step_cost.py [student=yolo11n.yaml] [teacher=teacher.pt] [imgsz=256] [batch=8] [steps=8]
+    [recipe=default] [teacher_precision=auto|fp32|bf16|fp16] [memory=True]
 """
 
 import sys

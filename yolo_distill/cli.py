@@ -254,9 +254,12 @@ def _train_help() -> str:
 
     return (
         "yolo-distill train model=STUDENT.yaml|.pt data=DATA.yaml|shapes [teacher=TEACHER.pt] [recipe=NAME|PATH.yaml]\n"
-        "                   [sparsity=0.0] [any Ultralytics train key: epochs= imgsz= batch= project= name= ...]\n"
+        "                   [sparsity=0.0] [teacher_precision=auto|fp32|bf16|fp16]\n"
+        "                   [any Ultralytics train key: epochs= imgsz= batch= project= name= ...]\n"
         f"Recipes: configs/distill/*.yaml ({', '.join(api.recipes('distill'))}).\n"
-        "A *.pt student (e.g. pruned.pt) is trained as the module it is: its pruned shapes are kept."
+        "A *.pt student (e.g. pruned.pt) is trained as the module it is: its pruned shapes are kept.\n"
+        "teacher_precision: auto = fp16 on a GPU, fp32 elsewhere; bf16 = a cheaper teacher forward on CPUs with AMX\n"
+        "or AVX512-BF16 (KD terms within bf16 rounding of fp32)."
     )
 
 

@@ -71,7 +71,7 @@ def train_row(row: Row, s: dict, done: dict[str, dict], model: str, epochs: int,
         tr.train()
     else:
         tr = train(model, s["data"], teacher=resolve(row.teacher, done), recipe=row.recipe, epochs=epochs,
-                   name=name, qat=row.qat, **common)  # fmt: skip
+                   name=name, qat=row.qat, teacher_precision=row.teacher_precision, **common)  # fmt: skip
     return Path(tr.save_dir)
 
 
@@ -236,5 +236,5 @@ def kd_step_cost(row: Row, s: dict, done: dict[str, dict]) -> dict[str, float]:
 
     r = measure(student=row.model, teacher=resolve(row.teacher, done), imgsz=s.get("imgsz", 256),
                 batch=s.get("batch", 16), steps=4, recipe=row.recipe, device=s.get("device", "cpu"),
-                memory=False)  # fmt: skip
+                memory=False, teacher_precision=row.teacher_precision)  # fmt: skip
     return {"kd_step_vs_plain": r["ours_vs_plain_time"], "kd_step_vs_native": r["ours_vs_native_time"]}

@@ -9,6 +9,7 @@ from typing import Any
 
 from yolo_distill.config import find_recipe, load_yaml
 from yolo_distill.deploy.latency import RUNTIMES
+from yolo_distill.distill.teacher import TEACHER_PRECISIONS
 from yolo_distill.registry import UnknownName
 
 ROW_KINDS = ("train", "prune", "carve", "lowrank", "export")
@@ -47,6 +48,8 @@ class Row:
         latency, runtime, threads: ``prune`` rows: prune to a latency measured on ``runtime`` (``onnxruntime`` or
             ``openvino``) with ``threads`` threads at the bench's imgsz: milliseconds, or ``"0.5x"`` of the source's.
         qat: ``train`` rows: quantization-aware training (INT8 fake quantization, KD from ``teacher``).
+        teacher_precision: how the frozen teacher runs (the trainer's ``teacher_precision``: ``auto``, ``fp32``,
+            ``bf16``, ``fp16``).
         spec: the row's keys exactly as written: what the cache key is made of.
     """
 
@@ -78,6 +81,7 @@ class Row:
     runtime: str = "onnxruntime"
     threads: int = 1
     qat: bool = False
+    teacher_precision: str = "auto"
     spec: dict = field(default_factory=dict, compare=False, repr=False)
 
     def refs(self) -> list[str]:
@@ -150,6 +154,10 @@ def parse_row(raw: Any, where: str, defined: set[str]) -> Row:
         raise ValueError(f"{where}: latency applies to prune rows (kind: prune), not {raw['kind']}")
     if "runtime" in raw and raw["runtime"] not in RUNTIMES:
         raise ValueError(f"{where}: runtime must be one of {', '.join(RUNTIMES)}, got {raw['runtime']!r}")
+    if "teacher_precision" in raw:
+        if raw["teacher_precision"] not in TEACHER_PRECISIONS:
+            raise ValueError(f"{where}: teacher_precision must be one of {', '.join(TEACHER_PRECISIONS)}, got "
+                             f"{raw['teacher_precision']!r}")
     if raw["kind"] == "train" and not raw.get("model"):
         raise ValueError(f"{where}: a train row needs model= (a *.yaml, a *.pt or @row)")
     if raw["kind"] == "carve" and not str(raw.get("target", "")).endswith((".yaml", ".yml")):

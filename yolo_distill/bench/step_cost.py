@@ -1,4 +1,7 @@
-"""Cost of one training step: plain student, our KD criterion, Ultralytics' native ``distill_model=``.
+"""Cost of one training step: plain student, the floor, our KD criterion, Ultralytics' native ``distill_model=``.
+
+The floor is a plain step plus our frozen teacher's forward (what any KD step must at least pay); ``ours`` above it is
+the cost of the KD terms themselves.
 
 Times are measured interleaved (one step of each configuration in turn), so machine noise affects all alike;
 peak memory is the resident-set high-water mark of a separate process per configuration during its steps
@@ -18,7 +21,7 @@ import torch
 
 from yolo_distill.log import LOGGER, table
 
-CONFIGS = ("plain", "ours", "native")
+CONFIGS = ("plain", "floor", "ours", "native")
 
 
 def _batch(b: int, imgsz: int, nc: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -34,8 +37,10 @@ def _batch(b: int, imgsz: int, nc: int, device: torch.device) -> dict[str, torch
     }
 
 
-def build(config: str, student: str, teacher: str, imgsz: int, recipe: str, device: torch.device):
-    """A model whose ``model(batch)`` returns (loss, items) for ``config``, and the parameters to optimize."""
+def build(config: str, student: str, teacher: str, imgsz: int, recipe: str, device: torch.device,
+          teacher_precision: str = "auto"):  # fmt: skip
+    """A model whose ``model(batch)`` returns (loss, items) for ``config``, and the parameters to optimize. Ours
+    runs the teacher as the trainer does (:func:`~yolo_distill.distill.teacher.frozen_teacher`)."""
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import DetectionModel
 
@@ -49,19 +54,36 @@ def build(config: str, student: str, teacher: str, imgsz: int, recipe: str, devi
     s.train()
     if config == "plain":
         return s, list(s.parameters()), nc
-    if config == "native":
+    if config == "native":  # Ultralytics runs its teacher as it is (this checkpoint, unfused)
         from ultralytics.nn.distill_model import DistillationModel
 
         m = DistillationModel(teacher_model=t.to(device), student_model=s).to(device)
         m.train()
         return m, [p for p in m.parameters() if p.requires_grad], nc
+    from yolo_distill.distill.teacher import frozen_teacher, load_teacher
+
+    frozen = frozen_teacher(load_teacher(t), teacher_precision, device)  # folds t's BN in place: t is ours now
+    if config == "floor":
+        return _Floor(s, frozen), list(s.parameters()), nc
     from yolo_distill.config import load_distill_recipe
     from yolo_distill.distill.criterion import DistillationCriterion, DistillContext
-    from yolo_distill.distill.teacher import load_teacher
 
-    ctx = DistillContext(load_teacher(t).to(device), s, load_distill_recipe(recipe)).to(device)
+    ctx = DistillContext(frozen, s, load_distill_recipe(recipe)).to(device)
     s.criterion = DistillationCriterion(s.init_criterion(), ctx)
     return s, list(s.parameters()) + list(ctx.connectors.parameters()), nc
+
+
+class _Floor(torch.nn.Module):
+    """A plain student step plus the frozen teacher's forward, with no KD term: the least a KD step can cost."""
+
+    def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module) -> None:
+        super().__init__()
+        self.student, self.teacher = student, teacher
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        with torch.inference_mode():
+            self.teacher(batch["img"].to(next(self.teacher.parameters()).dtype))
+        return self.student(batch)
 
 
 def torch_device(device: str | int) -> torch.device:
@@ -89,6 +111,7 @@ def measure(
     recipe: str = "default",
     device: str = "cpu",
     memory: bool = True,
+    teacher_precision: str = "auto",
 ) -> dict[str, Any]:
     """Median step time per configuration (interleaved) and peak memory; logs a table.
 
@@ -101,9 +124,11 @@ def measure(
         recipe: our distillation recipe.
         device: ``cpu`` or ``cuda``.
         memory: also measure peak memory (one subprocess per configuration).
+        teacher_precision: how our frozen teacher runs (as the trainer's ``teacher_precision``); Ultralytics'
+            native teacher runs as Ultralytics runs it.
     """
     dev = torch_device(device)
-    built = {c: build(c, student, teacher, imgsz, recipe, dev) for c in CONFIGS}
+    built = {c: build(c, student, teacher, imgsz, recipe, dev, teacher_precision) for c in CONFIGS}
     b = _batch(batch, imgsz, built["plain"][2], dev)
     opts = {c: torch.optim.SGD(built[c][1], lr=1e-4) for c in CONFIGS}
     times: dict[str, list[float]] = {c: [] for c in CONFIGS}
@@ -121,27 +146,33 @@ def measure(
     res: dict[str, Any] = {c: {"median_s": statistics.median(times[c])} for c in CONFIGS}
     if memory:
         for c in CONFIGS:
-            res[c]["peak_mb"] = _peak_memory(c, student, teacher, imgsz, batch, recipe, device)
+            res[c]["peak_mb"] = _peak_memory(c, student, teacher, imgsz, batch, recipe, device, teacher_precision)
     res["ours_vs_native_time"] = res["ours"]["median_s"] / res["native"]["median_s"]
     res["ours_vs_plain_time"] = res["ours"]["median_s"] / res["plain"]["median_s"]
+    res["ours_above_floor"] = res["ours"]["median_s"] / res["floor"]["median_s"] - 1.0
+    res["native_above_floor"] = res["native"]["median_s"] / res["floor"]["median_s"] - 1.0
     if memory:
         res["ours_vs_native_memory"] = res["ours"]["peak_mb"] / res["native"]["peak_mb"]
     rows = [[c, res[c]["median_s"], res[c].get("peak_mb")] for c in CONFIGS]
     mem = f", memory {res['ours_vs_native_memory']:.2f}x" if memory else ""
     LOGGER.info(
-        "KD step cost: student %s, teacher %s, imgsz %d, batch %d, %d steps each\n%s\nours / native: time %.2fx%s",
-        student, teacher, imgsz, batch, steps, table(rows, ["config", "median s/step", "peak MB"], ["", ".3f", ".0f"]),
-        res["ours_vs_native_time"], mem,
+        "KD step cost: student %s, teacher %s (ours in %s), imgsz %d, batch %d, %d steps each\n%s\n"
+        "ours / native: time %.2fx%s; above the floor (plain step + teacher forward): ours %+.0f %%, native %+.0f %%",
+        student, teacher, teacher_precision, imgsz, batch, steps,
+        table(rows, ["config", "median s/step", "peak MB"], ["", ".3f", ".0f"]), res["ours_vs_native_time"], mem,
+        100 * res["ours_above_floor"], 100 * res["native_above_floor"],
     )  # fmt: skip
     return res
 
 
-def _peak_memory(config: str, student: str, teacher: str, imgsz: int, batch: int, recipe: str, device: str) -> float:
+def _peak_memory(config: str, student: str, teacher: str, imgsz: int, batch: int, recipe: str, device: str,
+                 teacher_precision: str) -> float:  # fmt: skip
     code = (
         "import json, resource, torch, yolo_distill\n"
         "from yolo_distill.bench.step_cost import build, _batch, _step, torch_device\n"
         f"dev = torch_device({device!r})\n"
-        f"m, params, nc = build({config!r}, {student!r}, {teacher!r}, {imgsz}, {recipe!r}, dev)\n"
+        f"m, params, nc = build({config!r}, {student!r}, {teacher!r}, {imgsz}, {recipe!r}, dev,"
+        f" {teacher_precision!r})\n"
         "opt = torch.optim.SGD(params, lr=1e-4)\n"
         f"b = _batch({batch}, {imgsz}, nc, dev)\n"
         "import os, re\n"

@@ -15,6 +15,7 @@ def train(
     recipe: str | dict | None = "default",
     sparsity: float = 0.0,
     qat: bool = False,
+    teacher_precision: str = "auto",
     **train_args: Any,
 ) -> DistillationTrainer:
     """Train ``model`` (the student) on ``data`` with KD from ``teacher``; without a teacher, train plainly.
@@ -28,6 +29,8 @@ def train(
         qat: quantization-aware training: Ultralytics' INT8 fake quantization (``quantize=8``, NVIDIA ModelOpt; the
             ``qat`` extra) with KD from ``teacher`` as usual (pass the FP32 model itself as the teacher); the
             result exports to an INT8 QDQ ONNX model.
+        teacher_precision: how the frozen teacher runs: ``auto`` (fp16 on a GPU, fp32 elsewhere), ``fp32``, ``bf16``
+            (a cheaper teacher forward on CPUs with AMX or AVX512-BF16, and on GPUs) or ``fp16`` (CUDA).
         **train_args: any Ultralytics train argument (``epochs``, ``imgsz``, ``batch``, ``project``, ``name``...).
 
     Returns:
@@ -36,6 +39,7 @@ def train(
     from yolo_distill.config import load_distill_recipe, require
     from yolo_distill.data.builtin import require_data
     from yolo_distill.data.checks import check_detection_dataset
+    from yolo_distill.distill.teacher import teacher_dtype
     from yolo_distill.offline import resolve_weights
 
     # every input is checked before Ultralytics creates the run folder
@@ -54,6 +58,10 @@ def train(
         require(train_args.get("quantize", 8) == 8, "quantize", train_args.get("quantize"), "8 with qat=True")
         train_args["quantize"] = 8
     _check_train_args(train_args)
+    online = False
+    if teacher is not None and recipe is not None:
+        online = load_distill_recipe(recipe).mode == "online"
+    teacher_dtype(teacher_precision, _device_type(train_args.get("device")), online=online)
     data = require_data(data)
     if str(data).endswith((".yaml", ".yml")) and Path(data).exists():
         check_detection_dataset(data)
@@ -67,6 +75,8 @@ def train(
         overrides["recipe"] = recipe
     if sparsity:
         overrides["sparsity"] = sparsity
+    if teacher_precision != "auto":
+        overrides["teacher_precision"] = teacher_precision
     trainer = DistillationTrainer(overrides=overrides)
     trainer.train()
     return trainer
@@ -80,3 +90,13 @@ def _check_train_args(train_args: dict[str, Any]) -> None:
         check_cfg(dict(train_args), hard=True)
     except TypeError as e:
         raise ValueError(str(e)) from None
+
+
+def _device_type(device: Any) -> str:
+    """The device type a ``device=`` train argument selects (as Ultralytics reads it), without touching CUDA state."""
+    import torch
+
+    d = str(device if device is not None else "").strip().lower()
+    if d in ("cpu", "mps"):
+        return d
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -77,6 +77,60 @@ def fuse_teacher(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
+#: How a frozen teacher may run: ``auto`` is fp16 on CUDA and fp32 elsewhere.
+TEACHER_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def teacher_dtype(precision: str, device: str | torch.device, online: bool = False) -> torch.dtype:
+    """The dtype the teacher's weights and inputs take for ``precision`` on ``device`` (its outputs are cast back
+    to fp32 by the KD terms).
+
+    Its raw head outputs (class logits, DFL logits, features) are all the KD terms read, so a half-precision teacher
+    changes them by about the format's rounding (bf16: 2^-8 relative), not its decoded boxes.
+
+    Args:
+        precision: one of :data:`TEACHER_PRECISIONS`. ``bf16`` pays on CPUs with native bf16 (AMX, AVX512-BF16) and
+            on GPUs; ``fp16`` is for CUDA only.
+        device: where the teacher runs.
+        online: a co-trained teacher (``mode: online``) trains in fp32 like the student.
+
+    Raises:
+        ValueError: an unknown value, or one this device cannot run well (named, with the fix).
+    """
+    dev = torch.device(device) if not isinstance(device, torch.device) else device
+    if precision not in TEACHER_PRECISIONS:
+        raise ValueError(
+            f"teacher_precision={precision!r} is not valid: expected one of {list(TEACHER_PRECISIONS)} "
+            f"(auto = fp16 on a GPU, fp32 elsewhere)"
+        )
+    if online:
+        if precision not in ("auto", "fp32"):
+            raise ValueError(
+                f"teacher_precision={precision!r} is not valid with mode: online: the co-trained teacher trains in "
+                f"fp32 like the student; leave teacher_precision=auto"
+            )
+        return torch.float32
+    if precision == "auto":
+        return torch.float16 if dev.type == "cuda" else torch.float32
+    if precision == "fp16" and dev.type != "cuda":
+        raise ValueError(
+            f"teacher_precision='fp16' is not valid on device {dev.type}: fp16 convolutions need a CUDA GPU; on a "
+            f"CPU use bf16 (where it has AMX or AVX512-BF16) or fp32"
+        )
+    if precision == "bf16" and dev.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        raise ValueError(
+            "teacher_precision='bf16' is not valid on this CPU: it has no native bf16 (AMX or AVX512-BF16), so a "
+            "bf16 teacher would run slower than fp32; use teacher_precision=fp32"
+        )
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def frozen_teacher(teacher: nn.Module, precision: str, device: str | torch.device) -> nn.Module:
+    """The frozen teacher as offline distillation runs it: BN folded (:func:`fuse_teacher`), in ``precision``
+    (:func:`teacher_dtype`), on ``device``. The trainer and ``kd_step_cost`` both build it here."""
+    return fuse_teacher(teacher).to(device=device, dtype=teacher_dtype(precision, device))
+
+
 def check_pair(teacher: nn.Module, names: dict[int, str], student_stride: torch.Tensor) -> None:
     """Stop before training when ``teacher`` cannot teach a detector of ``names`` at ``student_stride``.
 

@@ -2,9 +2,9 @@
 
 It extends Ultralytics only through overridden methods and callbacks:
 
-* ``__init__`` takes our keys (``teacher``, ``recipe``, ``sparsity``) out of the overrides and puts them back on
-  ``self.args`` as plain data, so ``vars(self.args)`` rebuilds the trainer (as Ultralytics' DDP does) and the
-  checkpoint's ``train_args`` resumes it;
+* ``__init__`` takes our keys (``teacher``, ``recipe``, ``sparsity``, ``teacher_precision``) out of the overrides
+  and puts them back on ``self.args`` as plain data, so ``vars(self.args)`` rebuilds the trainer (as Ultralytics'
+  DDP does) and the checkpoint's ``train_args`` resumes it;
 * ``set_model_attributes`` loads and checks the teacher and builds the connectors, before the optimizer exists;
 * ``build_optimizer`` adds the connectors' parameters as their own group;
 * ``on_pretrain_routine_end`` installs :class:`DistillationCriterion` on the student and its EMA (after
@@ -32,12 +32,12 @@ from yolo_distill.checkpoints import SPARSE_ATTR, apply_masks, sparse_masks
 from yolo_distill.config import load_distill_recipe
 from yolo_distill.distill.criterion import DistillationCriterion, DistillContext
 from yolo_distill.distill.parallel import average_distill_grads, broadcast_distill_state
-from yolo_distill.distill.teacher import check_pair, fuse_teacher, load_teacher
+from yolo_distill.distill.teacher import check_pair, frozen_teacher, load_teacher, teacher_dtype
 from yolo_distill.log import LOGGER as log
 from yolo_distill.offline import ensure_font, resolve_weights
 
 #: Keys this trainer adds to Ultralytics' arguments (they travel in ``vars(args)`` and in checkpoints).
-EXTRA_KEYS = ("teacher", "recipe", "distill", "sparsity")
+EXTRA_KEYS = ("teacher", "recipe", "distill", "sparsity", "teacher_precision")
 STATE_FILE = "distill_state.pt"  # connectors (and, online, the teacher): training-only, for resume
 
 
@@ -86,6 +86,8 @@ class DistillationTrainer(DetectionTrainer):
         self.args.recipe = str(extra.get("recipe") or ("custom" if extra.get("distill") else "default"))
         self.args.distill = recipe.to_dict()
         self.args.sparsity = sparsity
+        self.args.teacher_precision = str(extra.get("teacher_precision") or "auto")
+        teacher_dtype(self.args.teacher_precision, self.device, online=recipe.mode == "online")  # fails early
         self._teacher_src = teacher
         self.recipe = recipe
         self.distill: DistillContext | None = None
@@ -156,10 +158,8 @@ class DistillationTrainer(DetectionTrainer):
             for p in teacher.parameters():
                 p.requires_grad_(True)
             teacher.args = strip_extra(self.args)
-        else:  # frozen: BN folded into the convs, and on a GPU in half precision (its outputs are cast back)
-            teacher = fuse_teacher(teacher)
-            if self.device.type == "cuda":
-                teacher = teacher.half()
+        else:  # frozen: BN folded into the convs, in teacher_precision (auto: half on a GPU; outputs cast back)
+            teacher = frozen_teacher(teacher, self.args.teacher_precision, self.device)
         imgsz = int(student.stride.max()) * 2
         self.distill = DistillContext(teacher, student, self.recipe, imgsz=imgsz).to(self.device)
         if self.resume and self.args.resume:
