@@ -492,8 +492,34 @@ def test_kd_verdict_judges_the_default_on_best_and_last_over_seeds(tmp_path):
     assert "- last.pt >= plain: yes (0.4600 vs 0.4000)" in text
     assert "- last.pt >= native: NO (0.4600 vs 0.5000)" in text
     assert "- last.pt >= 0.9 x best.pt: NO (0.4600 vs 0.4950)" in text
+    assert "Bar for `default` (student_11n_kd_default):" in text
     assert "provisional" not in text and res.read_text() == before
     assert "Across regimes" not in text, "one bench: nothing to compare across"
+
+
+def test_kd_verdict_finds_the_default_by_its_terms_not_its_name(tmp_path):
+    """The bar judges the row that trains with default.yaml's terms, whatever it is called (the default may move to
+    another recipe's terms); a row named ``..._default`` with other terms, or the default's terms with a bf16
+    teacher, is not it."""
+    from yolo_distill.bench.verdict import kd_verdict
+
+    recipe = tmp_path / "reg.yaml"
+    recipe.write_text(
+        "data: shapes\nimgsz: 64\nepochs: 2\nrows:\n"
+        "  - {name: student_11n_plain, kind: train, model: yolo11n.yaml}\n"
+        "  - {name: student_11n_ultralytics_distill_model, kind: train, model: yolo11n.yaml, distill_model: t.pt}\n"
+        "  - {name: student_11n_kd_default, kind: train, model: yolo11n.yaml, teacher: t.pt, recipe: logit}\n"
+        "  - {name: student_11n_kd_bf16, kind: train, model: yolo11n.yaml, teacher: t.pt, teacher_precision: bf16}\n"
+        "  - {name: student_11n_kd_main, kind: train, model: yolo11n.yaml, teacher: t.pt, recipe: default}\n"
+    )
+    spec = load_bench_recipe(str(recipe))
+    settings = {"data": "shapes", **spec.settings}
+    for i, (row, _, k, _) in enumerate(runner.plan_rows(spec, settings, settings, 1)):
+        cache.save(tmp_path / "bench" / "reg" / "results.json", k,
+                   {"name": row.name, "map50_95": 0.1 * (i + 1), "last_map50_95": 0.1 * (i + 1)})  # fmt: skip
+    text = kd_verdict(str(recipe), root=str(tmp_path / "bench"))
+    assert "Bar for `default` (student_11n_kd_main) (provisional" in text, text
+    assert "- best.pt >= plain: yes (0.5000 vs 0.1000)" in text
 
 
 def test_kd_verdict_ranks_recipes_by_their_worst_gain_across_benches(tmp_path):

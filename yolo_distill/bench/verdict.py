@@ -17,8 +17,23 @@ from yolo_distill.bench import cache
 from yolo_distill.bench.runner import plan_rows
 from yolo_distill.bench.spec import load_bench_recipe
 
-#: the rows the bar compares, by name (a bench may add a suffix to them: see :func:`kd_verdict`)
-DEFAULT, PLAIN, NATIVE = "student_11n_kd_default", "student_11n_plain", "student_11n_ultralytics_distill_model"
+#: the baselines the bar compares with, by name (a bench may add a suffix to them: see :func:`kd_verdict`); the
+#: default's row is found by what it runs (:func:`runs_the_default`), so the bar follows ``default.yaml`` when it moves
+PLAIN, NATIVE = "student_11n_plain", "student_11n_ultralytics_distill_model"
+
+
+def runs_the_default(row) -> bool:
+    """Whether a bench row trains with the shipped ``default`` recipe as it is now (its terms, however the row names
+    the recipe) and otherwise as a user's default run does (no QAT, teacher in ``auto`` precision)."""
+    from yolo_distill.config import load_distill_recipe
+
+    if not row.teacher or row.distill_model or row.qat or row.teacher_precision != "auto":
+        return False
+
+    def terms(name: str) -> dict:
+        return {k: v for k, v in load_distill_recipe(name).to_dict().items() if k != "description"}
+
+    return terms(row.recipe) == terms("default")
 
 
 def finished_rows(recipe: str, root: str = "bench") -> dict[str, list[dict]]:
@@ -31,7 +46,9 @@ def finished_rows(recipe: str, root: str = "bench") -> dict[str, list[dict]]:
     for row, s, key, _ in plan_rows(spec, settings, settings, int(spec.repeats)):
         if key in results:
             taught = bool(row.teacher or row.distill_model)
-            rows.setdefault(row.name, []).append({**results[key], "seed": s["seed"], "taught": taught})
+            rows.setdefault(row.name, []).append(
+                {**results[key], "seed": s["seed"], "taught": taught, "default": runs_the_default(row)}
+            )
     return rows
 
 
@@ -77,6 +94,7 @@ def kd_verdict(benches: list[str] | str, root: str = "bench") -> str:
         lines += [f"## {bench}", "", "| row | seeds | best.pt mAP50-95 | last.pt mAP50-95 | last / best |",
                   "|---|---|---|---|---|"]  # fmt: skip
         means: dict[str, tuple[float, float | None, int]] = {}
+        defaults = sorted((r for r, rs in students.items() if rs[0].get("default")), key=lambda r: -len(students[r]))
         for row, rs in sorted(students.items()):
             best = [r["map50_95"] for r in rs]
             last = [r["last_map50_95"] for r in rs if r.get("last_map50_95") is not None]
@@ -86,7 +104,7 @@ def kd_verdict(benches: list[str] | str, root: str = "bench") -> str:
             last_txt = f"{lm[0]:.4f} ± {lm[1]:.4f}" if lm else "-"
             ratio = f"{lm[0] / bm:.2f}" if lm and bm > 0 else "-"
             lines.append(f"| {row} | {len(rs)} | {bm:.4f} ± {bs:.4f} | {last_txt} | {ratio} |")
-        lines += ["", *_bar(means), ""]
+        lines += ["", *_bar(means, defaults[0] if defaults else None), ""]
         per_bench[bench] = means
     if len(per_bench) > 1:
         lines += _across(per_bench)
@@ -121,13 +139,14 @@ def _across(per_bench: dict[str, dict[str, tuple[float, float | None, int]]]) ->
     return [*out, ""]
 
 
-def _bar(means: dict[str, tuple[float, float | None, int]]) -> list[str]:
-    """The five checks of the bar for the default recipe, each ``yes``, ``NO`` or why it cannot be judged yet."""
-    missing = [r for r in (DEFAULT, PLAIN, NATIVE) if r not in means]
+def _bar(means: dict[str, tuple[float, float | None, int]], default: str | None) -> list[str]:
+    """The five checks of the bar for ``default`` (the row that runs the default recipe), each ``yes``, ``NO`` or
+    why it cannot be judged yet."""
+    missing = [r for r in (PLAIN, NATIVE) if r not in means] + ([] if default else ["row with the default recipe"])
     if missing:
         return [f"Bar: not judged yet: no finished {', '.join(missing)}."]
-    few = [r for r in (DEFAULT, PLAIN, NATIVE) if means[r][2] < 2]
-    (db, dl, _), (pb, pl, _), (nb, nl, _) = means[DEFAULT], means[PLAIN], means[NATIVE]
+    few = [r for r in (default, PLAIN, NATIVE) if means[r][2] < 2]
+    (db, dl, _), (pb, pl, _), (nb, nl, _) = means[default], means[PLAIN], means[NATIVE]
 
     def check(what: str, a: float | None, b: float | None) -> str:
         if a is None or b is None:
@@ -135,7 +154,8 @@ def _bar(means: dict[str, tuple[float, float | None, int]]) -> list[str]:
         return f"- {what}: {'yes' if a >= b else 'NO'} ({a:.4f} vs {b:.4f})"
 
     out = [
-        "Bar for `default`" + (f" (provisional: fewer than 2 seeds of {', '.join(few)})" if few else "") + ":",
+        f"Bar for `default` ({default})" + (f" (provisional: fewer than 2 seeds of {', '.join(few)})" if few else "")
+        + ":",
         check("best.pt >= plain", db, pb),
         check("best.pt >= native", db, nb),
         check("last.pt >= plain", dl, pl),
