@@ -48,7 +48,7 @@ def test_family_pairs_train_log_and_save_student_only(tmp_path, tiny_data, ckpt_
             model=FAMILIES[student_fam],
             data=str(tiny_data),
             teacher=str(teacher),
-            recipe="default",
+            recipe="logit_ld_cwd",
             **train_args(tmp_path),
         )
     )
@@ -144,7 +144,7 @@ def test_ddp_wrapped_student_gets_nonzero_kd(tmp_path, tiny_data, ckpt_factory, 
 
         student.args = get_cfg()
         teacher = load_teacher(ckpt_factory("yolov8s.yaml"))
-        ctx = DistillContext(teacher, student, load_distill_recipe("default"))
+        ctx = DistillContext(teacher, student, load_distill_recipe("logit_ld_cwd"))
         student.criterion = DistillationCriterion(student.init_criterion(), ctx)
         ddp = DDP(student)
         batch = {
@@ -179,7 +179,7 @@ def _ddp_rank(rank: int, world: int, teacher: str, out: str) -> None:
         torch.manual_seed(1 + rank)  # different connector initialisations on each rank
         student = DetectionModel("yolo11n.yaml", nc=8, verbose=False)
         student.args = get_cfg()
-        ctx = DistillContext(fuse_teacher(load_teacher(teacher)), student, load_distill_recipe("default"))
+        ctx = DistillContext(fuse_teacher(load_teacher(teacher)), student, load_distill_recipe("logit_ld_cwd"))
         student.criterion = DistillationCriterion(student.init_criterion(), ctx)
         ddp = DDP(student)
         broadcast_distill_state(ctx)
@@ -710,7 +710,7 @@ _NATIVE_BF16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
 @pytest.mark.skipif(not _NATIVE_BF16, reason="this CPU has no native bf16 (AMX / AVX512-BF16)")
 def test_bf16_teacher_runs_in_bf16_and_keeps_every_kd_term_within_rounding(ckpt_factory):
     """teacher_precision=bf16 (a cheaper teacher forward on CPUs with native bf16): the frozen teacher's weights are
-    bf16, and each KD term of ``default`` (bkd, ld, cwd), value and gradient to the student, stays within bf16
+    bf16, and each KD term of ``logit_ld_cwd`` (bkd, ld, cwd), value and gradient to the student, stays within bf16
     rounding of the fp32 teacher's (value within 2 % + 1e-3, gradient within 5 % relative)."""
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import DetectionModel
@@ -729,7 +729,7 @@ def test_bf16_teacher_runs_in_bf16_and_keeps_every_kd_term_within_rounding(ckpt_
         teacher = frozen_teacher(load_teacher(src), prec, "cpu")
         assert {p.dtype for p in teacher.parameters()} == {torch.float32 if prec == "fp32" else torch.bfloat16}
         torch.manual_seed(0)  # the same connectors for both
-        ctxs[prec] = DistillContext(teacher, student, load_distill_recipe("default"))
+        ctxs[prec] = DistillContext(teacher, student, load_distill_recipe("logit_ld_cwd"))
     for i, (term, _) in enumerate(ctxs["fp32"].terms):
         got = {}
         for prec, ctx in ctxs.items():
