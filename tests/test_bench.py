@@ -102,13 +102,16 @@ def test_bench_recipe_errors(tmp_path):
         runner.run_bench(str(bad))
 
 
-def test_step_cost_table_has_all_configs(ckpt_factory, capsys):
+@pytest.mark.parametrize("recipe", ["default", "online"])
+def test_step_cost_table_has_all_configs(ckpt_factory, capsys, recipe):
+    """Every configuration is measured, for a frozen teacher and for the co-trained one of ``online`` (built as the
+    trainer builds it: its own detection loss needs the student's hyperparameters)."""
     from yolo_distill.api import kd_step_cost as measure
     from yolo_distill.log import to_stdout
 
     to_stdout(verbose=True)
     res = measure(student="yolo11n.yaml", teacher=str(ckpt_factory("yolo11s.yaml")), imgsz=128, batch=2, steps=3,
-                  memory=False)  # fmt: skip
+                  memory=False, recipe=recipe)  # fmt: skip
     assert all(res[c]["median_s"] > 0 for c in ("plain", "floor", "ours", "native"))
     assert res["ours_above_floor"] == pytest.approx(res["ours"]["median_s"] / res["floor"]["median_s"] - 1)
     assert res["ours_vs_native_time"] == pytest.approx(res["ours"]["median_s"] / res["native"]["median_s"])

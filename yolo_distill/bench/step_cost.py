@@ -60,15 +60,20 @@ def build(config: str, student: str, teacher: str, imgsz: int, recipe: str, devi
         m = DistillationModel(teacher_model=t.to(device), student_model=s).to(device)
         m.train()
         return m, [p for p in m.parameters() if p.requires_grad], nc
-    from yolo_distill.distill.teacher import frozen_teacher, load_teacher
+    from yolo_distill.config import load_distill_recipe
+    from yolo_distill.distill.criterion import DistillationCriterion, DistillContext
+    from yolo_distill.distill.teacher import frozen_teacher, load_teacher, online_teacher
 
+    rec = load_distill_recipe(recipe)
+    if config == "ours" and rec.mode == "online":  # the co-trained teacher steps with the student
+        teacher = online_teacher(load_teacher(t).to(device), s.args)
+        ctx = DistillContext(teacher, s, rec).to(device)
+        s.criterion = DistillationCriterion(s.init_criterion(), ctx)
+        return s, list(s.parameters()) + list(ctx.connectors.parameters()) + list(teacher.parameters()), nc
     frozen = frozen_teacher(load_teacher(t), teacher_precision, device)  # folds t's BN in place: t is ours now
     if config == "floor":
         return _Floor(s, frozen), list(s.parameters()), nc
-    from yolo_distill.config import load_distill_recipe
-    from yolo_distill.distill.criterion import DistillationCriterion, DistillContext
-
-    ctx = DistillContext(frozen, s, load_distill_recipe(recipe)).to(device)
+    ctx = DistillContext(frozen, s, rec).to(device)
     s.criterion = DistillationCriterion(s.init_criterion(), ctx)
     return s, list(s.parameters()) + list(ctx.connectors.parameters()), nc
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -129,6 +130,16 @@ def frozen_teacher(teacher: nn.Module, precision: str, device: str | torch.devic
     """The frozen teacher as offline distillation runs it: BN folded (:func:`fuse_teacher`), in ``precision``
     (:func:`teacher_dtype`), on ``device``. The trainer and ``kd_step_cost`` both build it here."""
     return fuse_teacher(teacher).to(device=device, dtype=teacher_dtype(precision, device))
+
+
+def online_teacher(teacher: nn.Module, args: Any) -> nn.Module:
+    """The co-trained teacher of ``mode: online`` as the trainer runs it: trainable, with the student's training
+    hyperparameters (``args``, Ultralytics' namespace) for its own detection loss. The trainer and ``kd_step_cost``
+    both build it here."""
+    for p in teacher.parameters():
+        p.requires_grad_(True)
+    teacher.args = args
+    return teacher
 
 
 def check_pair(teacher: nn.Module, names: dict[int, str], student_stride: torch.Tensor) -> None:

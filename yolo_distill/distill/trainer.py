@@ -32,7 +32,7 @@ from yolo_distill.checkpoints import SPARSE_ATTR, apply_masks, sparse_masks
 from yolo_distill.config import load_distill_recipe
 from yolo_distill.distill.criterion import DistillationCriterion, DistillContext
 from yolo_distill.distill.parallel import average_distill_grads, broadcast_distill_state
-from yolo_distill.distill.teacher import check_pair, frozen_teacher, load_teacher, teacher_dtype
+from yolo_distill.distill.teacher import check_pair, frozen_teacher, load_teacher, online_teacher, teacher_dtype
 from yolo_distill.log import LOGGER as log
 from yolo_distill.offline import ensure_font, resolve_weights
 
@@ -155,9 +155,7 @@ class DistillationTrainer(DetectionTrainer):
         teacher = teacher.to(self.device)
         check_pair(teacher, self.data["names"], student.stride)
         if self.recipe.mode == "online":  # mutual learning: the teacher trains too, with its own detection loss
-            for p in teacher.parameters():
-                p.requires_grad_(True)
-            teacher.args = strip_extra(self.args)
+            teacher = online_teacher(teacher, strip_extra(self.args))
         else:  # frozen: BN folded into the convs, in teacher_precision (auto: half on a GPU; outputs cast back)
             teacher = frozen_teacher(teacher, self.args.teacher_precision, self.device)
         imgsz = int(student.stride.max()) * 2
