@@ -464,28 +464,35 @@ def test_a_killed_training_row_is_resumed_not_restarted(tmp_path, monkeypatch):
     assert resumed == []
 
 
+def _verdict_bench(tmp_path, stem: str, rows: str, score, repeats: int = 1):
+    """A bench recipe ``tmp_path/STEM.yaml`` with ``rows`` (YAML lines) whose every row-seed is finished: its result,
+    under the key a run would cache it, has ``score(row name, seed, index) -> (best, last)``. Returns the recipe."""
+    recipe = tmp_path / f"{stem}.yaml"
+    recipe.write_text(f"data: shapes\nimgsz: 64\nepochs: 2\nrepeats: {repeats}\nrows:\n{rows}")
+    spec = load_bench_recipe(str(recipe))
+    settings = {"data": "shapes", **spec.settings}
+    for i, (row, s, k, _) in enumerate(runner.plan_rows(spec, settings, settings, repeats)):
+        best, last = score(row.name, s["seed"], i)
+        cache.save(tmp_path / "bench" / stem / "results.json", k,
+                   {"name": row.name, "map50_95": best, "last_map50_95": last})  # fmt: skip
+    return recipe
+
+
 def test_kd_verdict_judges_the_default_on_best_and_last_over_seeds(tmp_path):
     """The bar of issue 14 from finished rows: means over seeds, each check yes or NO with both numbers, results
     that no longer match their row (an edited recipe line) not counted, and nothing written."""
     from yolo_distill.bench.verdict import kd_verdict
 
-    recipe = tmp_path / "reg.yaml"
-    recipe.write_text(
-        "data: shapes\nimgsz: 64\nepochs: 2\nrepeats: 2\nrows:\n"
-        "  - {name: student_11n_plain, kind: train, model: yolo11n.yaml}\n"
-        "  - {name: student_11n_ultralytics_distill_model, kind: train, model: yolo11n.yaml, distill_model: t.pt}\n"
-        "  - {name: student_11n_kd_default, kind: train, model: yolo11n.yaml, teacher: t.pt}\n"
-    )
-    spec = load_bench_recipe(str(recipe))
-    settings = {"data": "shapes", **spec.settings}
-    plan = runner.plan_rows(spec, settings, settings, 2)
     scores = {"student_11n_plain": ([0.40, 0.50], [0.30, 0.50]),
               "student_11n_ultralytics_distill_model": ([0.45, 0.55], [0.45, 0.55]),
               "student_11n_kd_default": ([0.50, 0.60], [0.40, 0.52])}  # fmt: skip
+    recipe = _verdict_bench(
+        tmp_path, "reg",
+        "  - {name: student_11n_plain, kind: train, model: yolo11n.yaml}\n"
+        "  - {name: student_11n_ultralytics_distill_model, kind: train, model: yolo11n.yaml, distill_model: t.pt}\n"
+        "  - {name: student_11n_kd_default, kind: train, model: yolo11n.yaml, teacher: t.pt}\n",
+        lambda name, seed, _: (scores[name][0][seed], scores[name][1][seed]), repeats=2)  # fmt: skip
     res = tmp_path / "bench" / "reg" / "results.json"
-    for row, s, k, _ in plan:
-        best, last = scores[row.name]
-        cache.save(res, k, {"name": row.name, "map50_95": best[s["seed"]], "last_map50_95": last[s["seed"]]})
     cache.save(res, "stale-key", {"name": "student_11n_kd_default", "map50_95": 0.99, "last_map50_95": 0.99})
     before = res.read_text()
     text = kd_verdict(str(recipe), root=str(tmp_path / "bench"))
@@ -506,20 +513,14 @@ def test_kd_verdict_finds_the_default_by_its_terms_not_its_name(tmp_path):
     teacher, is not it."""
     from yolo_distill.bench.verdict import kd_verdict
 
-    recipe = tmp_path / "reg.yaml"
-    recipe.write_text(
-        "data: shapes\nimgsz: 64\nepochs: 2\nrows:\n"
+    recipe = _verdict_bench(
+        tmp_path, "reg",
         "  - {name: student_11n_plain, kind: train, model: yolo11n.yaml}\n"
         "  - {name: student_11n_ultralytics_distill_model, kind: train, model: yolo11n.yaml, distill_model: t.pt}\n"
         "  - {name: student_11n_kd_default, kind: train, model: yolo11n.yaml, teacher: t.pt, recipe: logit}\n"
         "  - {name: student_11n_kd_bf16, kind: train, model: yolo11n.yaml, teacher: t.pt, teacher_precision: bf16}\n"
-        "  - {name: student_11n_kd_main, kind: train, model: yolo11n.yaml, teacher: t.pt, recipe: default}\n"
-    )
-    spec = load_bench_recipe(str(recipe))
-    settings = {"data": "shapes", **spec.settings}
-    for i, (row, _, k, _) in enumerate(runner.plan_rows(spec, settings, settings, 1)):
-        cache.save(tmp_path / "bench" / "reg" / "results.json", k,
-                   {"name": row.name, "map50_95": 0.1 * (i + 1), "last_map50_95": 0.1 * (i + 1)})  # fmt: skip
+        "  - {name: student_11n_kd_main, kind: train, model: yolo11n.yaml, teacher: t.pt, recipe: default}\n",
+        lambda name, seed, i: (0.1 * (i + 1), 0.1 * (i + 1)))  # fmt: skip
     text = kd_verdict(str(recipe), root=str(tmp_path / "bench"))
     assert "Bar for `default` (student_11n_kd_main) (provisional" in text, text
     assert "- best.pt >= plain: yes (0.5000 vs 0.1000)" in text
@@ -534,19 +535,14 @@ def test_kd_verdict_ranks_recipes_by_their_worst_gain_across_benches(tmp_path):
                     "student_11n_kd_logit": (0.80, 0.80)},
               "b": {"student_11n_plain": (0.50, 0.50), "student_11n_kd_default": (0.55, 0.55),
                     "student_11n_kd_logit": (0.45, 0.50)}}  # fmt: skip
-    for bench, bench_rows in scores.items():
-        recipe = tmp_path / f"{bench}.yaml"
-        recipe.write_text("data: shapes\nimgsz: 64\nepochs: 2\nrows:\n" + "".join(
+    recipes = [
+        _verdict_bench(tmp_path, bench, "".join(
             f"  - {{name: {n}, kind: train, model: yolo11n.yaml"
-            f"{'' if 'plain' in n else ', teacher: t.pt, recipe: ' + n.split('_kd_')[1]}}}\n"
-            for n in bench_rows))  # fmt: skip
-        spec = load_bench_recipe(str(recipe))
-        settings = {"data": "shapes", **spec.settings}
-        for row, _, k, _ in runner.plan_rows(spec, settings, settings, 1):
-            best, last = bench_rows[row.name]
-            cache.save(tmp_path / "bench" / bench / "results.json", k,
-                       {"name": row.name, "map50_95": best, "last_map50_95": last})  # fmt: skip
-    text = kd_verdict([str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml")], root=str(tmp_path / "bench"))
+            f"{'' if 'plain' in n else ', teacher: t.pt, recipe: ' + n.split('_kd_')[1]}}}\n" for n in bench_rows),
+            lambda name, seed, i, bench_rows=bench_rows: bench_rows[name])
+        for bench, bench_rows in scores.items()
+    ]  # fmt: skip
+    text = kd_verdict([str(r) for r in recipes], root=str(tmp_path / "bench"))
     table = text.split("## Across regimes")[1].splitlines()
     lines = [line for line in table if line.startswith("| student_")]
     assert lines == ["| student_11n_kd_default | +50.0 % / +25.0 % (1) | +10.0 % / +10.0 % (1) | +10.0 % |",

@@ -22,18 +22,24 @@ from yolo_distill.bench.spec import load_bench_recipe
 PLAIN, NATIVE = "student_11n_plain", "student_11n_ultralytics_distill_model"
 
 
-def runs_the_default(row) -> bool:
-    """Whether a bench row trains with the shipped ``default`` recipe as it is now (its terms, however the row names
-    the recipe) and otherwise as a user's default run does (no QAT, teacher in ``auto`` precision)."""
+def _terms(recipe: str) -> dict:
+    """A distillation recipe's resolved terms and settings, without its description."""
     from yolo_distill.config import load_distill_recipe
 
+    return {k: v for k, v in load_distill_recipe(recipe).to_dict().items() if k != "description"}
+
+
+def runs_the_default(row, default_terms: dict | None = None) -> bool:
+    """Whether a bench row trains with the shipped ``default`` recipe as it is now (its terms, however the row names
+    the recipe) and otherwise as a user's default run does (no QAT, teacher in ``auto`` precision).
+
+    Args:
+        row: a bench row.
+        default_terms: ``default``'s resolved terms when the caller has them already (read once per bench).
+    """
     if not row.teacher or row.distill_model or row.qat or row.teacher_precision != "auto":
         return False
-
-    def terms(name: str) -> dict:
-        return {k: v for k, v in load_distill_recipe(name).to_dict().items() if k != "description"}
-
-    return terms(row.recipe) == terms("default")
+    return _terms(row.recipe) == (default_terms if default_terms is not None else _terms("default"))
 
 
 def finished_rows(recipe: str, root: str = "bench") -> dict[str, list[dict]]:
@@ -43,11 +49,12 @@ def finished_rows(recipe: str, root: str = "bench") -> dict[str, list[dict]]:
     settings = {"data": "shapes", **spec.settings}
     results = cache.load(Path(root) / spec.path.stem / "results.json")
     rows: dict[str, list[dict]] = {}
+    default_terms = _terms("default")
     for row, s, key, _ in plan_rows(spec, settings, settings, int(spec.repeats)):
         if key in results:
             taught = bool(row.teacher or row.distill_model)
             rows.setdefault(row.name, []).append(
-                {**results[key], "seed": s["seed"], "taught": taught, "default": runs_the_default(row)}
+                {**results[key], "seed": s["seed"], "taught": taught, "default": runs_the_default(row, default_terms)}
             )
     return rows
 
