@@ -464,6 +464,33 @@ def test_a_killed_training_row_is_resumed_not_restarted(tmp_path, monkeypatch):
     assert resumed == []
 
 
+def test_a_killed_bench_s_report_keeps_every_finished_seed(tmp_path, monkeypatch):
+    """The report written while a bench runs (and left behind when it is killed) holds every finished result, rows
+    and seeds after the running one included: a bench killed on one row's second seed must not shrink another row's
+    two-seed mean to one seed."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "data: shapes\nimgsz: 64\nepochs: 2\nrepeats: 2\nrows:\n"
+        "  - {name: a, kind: train, model: yolo11n.yaml}\n  - {name: b, kind: train, model: yolov8n.yaml}\n"
+    )
+    spec = load_bench_recipe(str(recipe))
+    settings = {"data": "shapes", **spec.settings}
+    out = tmp_path / "b"
+    for row, s, k, _ in runner.plan_rows(spec, settings, settings, 2):
+        if (row.name, s["seed"]) != ("a", 1):
+            result = {"map50_95": 0.2 + 0.1 * s["seed"], "map50": 0.5, "seconds": 1, "params": 1, "gflops": 1.0}
+            cache.save(out / "results.json", k, {**result, "name": row.name, "onnx_ms": 1.0})
+
+    def killed(*_):
+        raise Killed
+
+    monkeypatch.setattr(rows, "run_row", killed)
+    with pytest.raises(Killed):
+        runner.run_bench(str(recipe), out=str(out), jobs=1)
+    report = (out / "report.md").read_text()
+    assert "| b |" in report and "0.2500 ± 0.0707" in report, report
+
+
 def _verdict_bench(tmp_path, stem: str, rows: str, score, repeats: int = 1):
     """A bench recipe ``tmp_path/STEM.yaml`` with ``rows`` (YAML lines) whose every row-seed is finished: its result,
     under the key a run would cache it, has ``score(row name, seed, index) -> (best, last)``. Returns the recipe."""

@@ -145,5 +145,12 @@ def _run_rows(spec: BenchRecipe, settings: dict, run_settings: dict, reps: int, 
             continue
         done[row.name] = results[k]
         table.append({**results[k], "name": row.name, "seed": s["seed"]})
-        write_report(table, out_dir, spec.path.name)  # after every row: a killed bench still has its report
+        # after every row, from everything finished (later rows and seeds included): a killed bench's report still
+        # shows every result it has, each row's seeds averaged as in a complete run
+        write_report(_finished(plan, results), out_dir, spec.path.name)
     return table
+
+
+def _finished(plan: list, results: dict) -> list[dict]:
+    """The report's table: every planned row-seed with a cached result, in plan order."""
+    return [{**results[k], "name": row.name, "seed": s["seed"]} for row, s, k, _ in plan if k in results]
