@@ -77,29 +77,30 @@ def test_mini_bench_report_and_resume(tmp_path, monkeypatch, tiny_data):
     assert calls == [] and again["student_kd"]["kd_step_vs_plain"] > 0
 
 
-def test_bench_recipe_errors(tmp_path):
-    bad = tmp_path / "b.yaml"
-    bad.write_text("data: shapes\nrowz: []\n")
-    with pytest.raises(KeyError, match="rowz"):
-        runner.run_bench(str(bad))
-    bad.write_text("rows:\n  - {name: a, kind: train, model: m.yaml, teacher: '@b'}\n")
-    with pytest.raises(ValueError, match="before it is defined"):
-        runner.run_bench(str(bad))
-    bad.write_text("rows:\n  - {name: a, kind: prune, from: x.pt, gflop_ratio: 0.5}\n")
-    with pytest.raises(KeyError, match=r"rows\[0\]: unknown key\(s\) \['gflop_ratio'\].*gflops_ratio"):
-        runner.run_bench(str(bad))  # a typo is an error, not a silently ignored key that still changes the cache key
-    bad.write_text("rows:\n  - {name: a, kind: prune, from: x.pt, gflops_ratio: 1.5}\n")
-    with pytest.raises(ValueError, match=r"gflops_ratio must be a number in \(0, 1\), got 1.5"):
-        runner.run_bench(str(bad))
-    bad.write_text("rows:\n  - {name: a, kind: train}\n")
-    with pytest.raises(ValueError, match="a train row needs model="):
-        runner.run_bench(str(bad))
-    bad.write_text("rows:\n  - {name: a, kind: train, model: m.yaml, distill_model: '@b'}\n")
-    with pytest.raises(ValueError, match="refers to @b before it is defined"):
-        runner.run_bench(str(bad))
-    bad.write_text("rows:\n  - {name: a, kind: train, model: m.yaml, teacher: t.pt, teacher_precision: half}\n")
-    with pytest.raises(ValueError, match=r"\(a\): teacher_precision must be one of auto, fp32, bf16, fp16, got 'half'"):
-        runner.run_bench(str(bad))
+@pytest.mark.parametrize(
+    ("text", "error", "match"),
+    [
+        ("data: shapes\nrowz: []\n", KeyError, "rowz"),
+        ("rows:\n  - {name: a, kind: train, model: m.yaml, teacher: '@b'}\n", ValueError, "before it is defined"),
+        # a typo is an error, not a silently ignored key that still changes the cache key
+        ("rows:\n  - {name: a, kind: prune, from: x.pt, gflop_ratio: 0.5}\n", KeyError,
+         r"rows\[0\]: unknown key\(s\) \['gflop_ratio'\].*gflops_ratio"),
+        ("rows:\n  - {name: a, kind: prune, from: x.pt, gflops_ratio: 1.5}\n", ValueError,
+         r"gflops_ratio must be a number in \(0, 1\), got 1.5"),
+        ("rows:\n  - {name: a, kind: train}\n", ValueError, "a train row needs model="),
+        ("rows:\n  - {name: a, kind: train, model: m.yaml, distill_model: '@b'}\n", ValueError,
+         "refers to @b before it is defined"),
+        ("rows:\n  - {name: a, kind: train, model: m.yaml, teacher: t.pt, teacher_precision: half}\n", ValueError,
+         r"\(a\): teacher_precision must be one of auto, fp32, bf16, fp16, got 'half'"),
+    ],
+)  # fmt: skip
+def test_a_bad_bench_recipe_is_refused_naming_the_key(tmp_path, monkeypatch, text, error, match):
+    """Refused before anything is written: no ``bench/<name>`` folder appears."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "b.yaml").write_text(text)
+    with pytest.raises(error, match=match):
+        runner.run_bench("b.yaml")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.yaml"]
 
 
 @pytest.mark.parametrize("recipe", ["default", "online"])
