@@ -54,7 +54,8 @@ SHAPES = {
     "n_train": ("0", "n_train"), "n_val": ("0", "n_val"), "imgsz": ("8", "imgsz"), "seed": ("-1", "seed"),
     "min_objects": ("0", "min_objects"), "max_objects": ("x", "max_objects='x'"), "min_size": ("1", "min_size"),
     "max_size": ("1000", "max_size"), "distractors": ("-1", "distractors"), "min_visible": ("0", "min_visible"),
-    "classes": ("0", "classes"), "out": ("[1]", "out=[1]"), "overwrite": ("x", "overwrite='x'"),
+    "classes": ("0", "classes"), "tints": ("5", "tints"), "out": ("[1]", "out=[1]"),
+    "overwrite": ("x", "overwrite='x'"),
 }  # fmt: skip
 CONVERT = {
     "train": ("{tmp}/none.json", "train="), "train_images": ("{tmp}/none", "train_images="),

@@ -100,6 +100,62 @@ def test_generator_is_deterministic_and_varied(tmp_path):
     check_detection_dataset(a)
 
 
+def test_one_tint_draws_the_images_it_drew_before_tints_existed():
+    """``tints=1`` (every built-in set but shapes-many) must keep its images byte for byte: the bench's datasets and
+    cached results were made by the generator before ``tints`` existed (this digest was taken from that version)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    small = ShapesSpec(imgsz=96, classes=1, min_objects=15, max_objects=40, min_size=10, max_size=30)
+    for spec in (ShapesSpec(imgsz=96), small):
+        for i in range(3):
+            img, labels = render_image(spec, np.random.default_rng(i))
+            digest.update(img.tobytes())
+            digest.update(repr(labels).encode())
+    assert digest.hexdigest()[:16] == "a7e6ff043dae9ef0"
+
+
+def test_tints_make_a_class_of_each_glyph_and_hue_band(tmp_path):
+    """``tints=4``: 4 classes per glyph, named by glyph and band, each drawn in its own band of hues."""
+    import cv2
+    import yaml
+
+    from yolo_distill.data.shapes import tint_colour
+
+    data = generate_shapes(tmp_path / "many", ShapesSpec(n_train=6, n_val=2, imgsz=96, classes=2, tints=4))
+    names = yaml.safe_load(data.read_text())["names"]
+    assert list(names.values()) == [f"{g}_hue{t}" for g in ("circle", "square") for t in range(4)]
+    ids = {int(line.split()[0]) for f in (data.parent / "labels").rglob("*.txt") for line in f.read_text().split("\n")
+           if line}  # fmt: skip
+    assert ids <= set(range(8)) and len(ids) > 4
+    check_detection_dataset(data)
+    rng = np.random.default_rng(0)
+    for band in range(4):
+        for under in (np.zeros(3), np.full(3, 255.0), np.array([40.0, 200.0, 90.0])):
+            bgr = np.array([[tint_colour(rng, band, 4, under)]], dtype=np.uint8)
+            hue = int(cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)[0, 0, 0])
+            assert band * 45 + 9 <= hue <= band * 45 + 36, (band, under, hue)  # the band's middle half, rounded
+    with pytest.raises(ValueError, match="tints must be in 1..4"):
+        ShapesSpec(tints=5)
+
+
+def test_a_tinted_label_names_the_glyph_and_band_it_was_drawn_with(monkeypatch):
+    """One object per image: the label's class name is the glyph drawn and the hue band it was painted in."""
+    from yolo_distill.data import shapes
+
+    drawn, real_polygon, real_tint = [], shapes._polygon, shapes.tint_colour
+    monkeypatch.setattr(shapes, "_polygon", lambda kind, *a: drawn.append([kind]) or real_polygon(kind, *a))
+    monkeypatch.setattr(shapes, "tint_colour", lambda rng, band, *a: drawn[-1].append(band) or real_tint(rng, band, *a))
+    spec = ShapesSpec(imgsz=96, classes=3, tints=2, min_objects=1, max_objects=1, min_size=30, max_size=60,
+                      distractors=0)  # fmt: skip
+    names = shapes.class_names(spec)
+    for i in range(30):
+        (cls, *_), = render_image(spec, np.random.default_rng(i))[1]
+        kind, band = drawn[-1]
+        assert names[cls] == f"{kind}_hue{band}"
+    assert len({tuple(d) for d in drawn}) == 6, "every glyph and band drawn in 30 images"
+
+
 def test_dataset_checks_name_the_problem(tmp_path, tiny_data):
     with pytest.raises(DatasetError, match="does not exist"):
         check_detection_dataset(tmp_path / "missing.yaml")

@@ -7,12 +7,16 @@ from pathlib import Path
 from yolo_distill.data.shapes import ShapesSpec, generate_shapes
 
 #: name -> spec. ``shapes`` is the measured default; ``shapes-tiny`` is for tests and smoke runs; ``shapes-small``
-#: is the distillation regime where overfitting shows (80 training images, one class, dense small objects)
+#: is the distillation regime where overfitting shows (80 training images, one class, dense small objects);
+#: ``shapes-many`` the one of many fine-grained classes and large objects (32 classes: 8 glyphs x 4 hue bands, 2-8
+#: objects of 40-200 px per image)
 BUILTIN = {
     "shapes": ShapesSpec(),
     "shapes-tiny": ShapesSpec(n_train=16, n_val=8, imgsz=96, min_size=8, max_size=40, max_objects=6),
     "shapes-small": ShapesSpec(n_train=80, n_val=40, imgsz=320, seed=1, classes=1, min_objects=15, max_objects=40,
                                min_size=10, max_size=30),  # fmt: skip
+    "shapes-many": ShapesSpec(n_train=400, n_val=100, imgsz=320, seed=2, tints=4, min_objects=2, max_objects=8,
+                              min_size=40, max_size=200, distractors=3),  # fmt: skip
 }
 
 

@@ -1,9 +1,10 @@
 """Deterministic generator of the built-in ``shapes`` detection dataset.
 
 Eight classes of geometric glyphs (some of them deliberately alike at small scale: circle, pentagon, hexagon)
-in random colours, on textured and cluttered backgrounds, with scale variation from tiny to large, rotation,
-occlusion by other objects and unlabeled distractor blobs. Every image is drawn from its own seeded random
-generator, so a split is reproducible image by image whatever its size.
+in random colours (or, with ``tints > 1``, one class per glyph and hue band: up to 32 fine-grained classes), on
+textured and cluttered backgrounds, with scale variation from tiny to large, rotation, occlusion by other objects
+and unlabeled distractor blobs. Every image is drawn from its own seeded random generator, so a split is
+reproducible image by image whatever its size.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ CLASS_NAMES: tuple[str, ...] = (
     "cross",
 )
 GENERATOR_VERSION = 1
+#: most hue bands a glyph can be split into (``ShapesSpec.tints``); more would make neighbouring bands too alike
+MAX_TINTS = 4
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,9 @@ class ShapesSpec:
         min_visible: an occluded object keeps its label while at least this fraction of it is visible.
         classes: how many glyph kinds (the first ``classes`` of :data:`CLASS_NAMES`) are drawn and labelled; 1 makes
             a one-class detection set.
+        tints: 1 (glyphs in random colours, a class per glyph) or up to :data:`MAX_TINTS` hue bands: a class per
+            glyph and band (``classes * tints`` classes, e.g. ``square_hue2``), so classes differ by colour as well
+            as by shape, as fine-grained real classes do.
     """
 
     n_train: int = 400
@@ -60,10 +66,13 @@ class ShapesSpec:
     distractors: int = 6
     min_visible: float = 0.4
     classes: int = len(CLASS_NAMES)
+    tints: int = 1
 
     def __post_init__(self) -> None:
         if not 1 <= self.classes <= len(CLASS_NAMES):
             raise ValueError(f"classes must be in 1..{len(CLASS_NAMES)}, got {self.classes}")
+        if not 1 <= self.tints <= MAX_TINTS:
+            raise ValueError(f"tints must be in 1..{MAX_TINTS} (hue bands per glyph), got {self.tints}")
         if self.n_train < 1 or self.n_val < 1:
             raise ValueError(f"n_train and n_val must be >= 1, got {self.n_train} and {self.n_val}")
         if self.imgsz < 32:
@@ -76,6 +85,13 @@ class ShapesSpec:
             raise ValueError(f"min_visible must be in (0, 1], got {self.min_visible}")
         if self.distractors < 0 or self.seed < 0:
             raise ValueError(f"distractors and seed must be >= 0, got {self.distractors} and {self.seed}")
+
+
+def class_names(spec: ShapesSpec) -> list[str]:
+    """The dataset's class names in class-id order: a glyph each, or with ``tints > 1`` a glyph and hue band each
+    (class ``glyph * tints + band``)."""
+    glyphs = CLASS_NAMES[: spec.classes]
+    return list(glyphs) if spec.tints == 1 else [f"{g}_hue{t}" for g in glyphs for t in range(spec.tints)]
 
 
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
@@ -150,6 +166,19 @@ def _colour(rng: np.random.Generator, under: np.ndarray) -> tuple[int, int, int]
     return tuple(int(v) for v in c)
 
 
+def tint_colour(rng: np.random.Generator, band: int, tints: int, under: np.ndarray) -> tuple[int, int, int]:
+    """A BGR colour whose hue lies in band ``band`` of ``tints`` (OpenCV hue, 0-180, the middle half of the band so
+    neighbouring bands never meet), saturated and bright enough to read as that hue, with contrast to ``under``."""
+    width = 180 / tints
+    for _ in range(20):
+        h = (band + rng.uniform(0.25, 0.75)) * width
+        hsv = np.array([[[h, rng.uniform(170, 255), rng.uniform(140, 255)]]], dtype=np.float32)
+        c = cv2.cvtColor(hsv.round().clip(0, 255).astype(np.uint8), cv2.COLOR_HSV2BGR)[0, 0]
+        if np.abs(c.astype(np.float32) - under).sum() > 120:
+            break
+    return tuple(int(v) for v in c)
+
+
 def render_image(
     spec: ShapesSpec, rng: np.random.Generator
 ) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]]]:
@@ -176,8 +205,8 @@ def render_image(
         cx, cy = rng.uniform(r * 0.5, size - r * 0.5, 2)
         mask = np.zeros((size, size), dtype=np.uint8)
         if k < n_obj:
-            cls = int(rng.integers(0, spec.classes))
-            pts = _polygon(CLASS_NAMES[cls], cx, cy, r, rng.uniform(0, 2 * math.pi))
+            cls = int(rng.integers(0, spec.classes * spec.tints))
+            pts = _polygon(CLASS_NAMES[cls // spec.tints], cx, cy, r, rng.uniform(0, 2 * math.pi))
         else:  # an irregular blob: clutter that is not any class
             cls = -1
             m = int(rng.integers(5, 9))
@@ -191,7 +220,9 @@ def render_image(
             continue
         ys, xs = np.nonzero(mask)
         under = img[ys, xs].mean(axis=0)
-        colour = _colour(rng, under)
+        colour = tint_colour(rng, cls % spec.tints, spec.tints, under) if cls >= 0 and spec.tints > 1 else _colour(
+            rng, under
+        )
         if cls >= 0 and rng.random() < 0.25:  # a two-tone glyph: outline in another colour
             cv2.fillPoly(img, [poly], colour, cv2.LINE_AA)
             cv2.polylines(
@@ -244,6 +275,8 @@ def generate_shapes(root: str | Path, spec: ShapesSpec | None = None, overwrite:
     stamp = {"generator_version": GENERATOR_VERSION, **asdict(spec)}
     if spec.classes == len(CLASS_NAMES):  # the field came later: datasets generated before it keep their stamp
         del stamp["classes"]
+    if spec.tints == 1:  # likewise
+        del stamp["tints"]
     spec_file, data_yaml = root / "spec.json", root / "data.yaml"
     if spec_file.exists() and data_yaml.exists():
         if json.loads(spec_file.read_text()) == stamp:
@@ -268,7 +301,7 @@ def generate_shapes(root: str | Path, spec: ShapesSpec | None = None, overwrite:
         "path": str(root),
         "train": "images/train",
         "val": "images/val",
-        "names": dict(enumerate(CLASS_NAMES[: spec.classes])),
+        "names": dict(enumerate(class_names(spec))),
     }
     data_yaml.write_text(yaml.safe_dump(data, sort_keys=False))
     spec_file.write_text(json.dumps(stamp, indent=2))
