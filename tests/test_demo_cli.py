@@ -13,20 +13,31 @@ from yolo_distill.data.checks import DatasetError, check_detection_dataset
 from yolo_distill.data.shapes import ShapesSpec, generate_shapes, render_image
 
 
-def test_mini_demo_runs_every_stage(tmp_path, tiny_data, capsys):
+def test_mini_demo_runs_every_stage(tmp_path, tiny_data, ckpt_factory, capsys):
+    """Every stage on a given teacher; every row timed (interleaved) with its speed-up over the teacher, the teacher
+    exported from a copy so that nothing is written beside the user's file."""
     from yolo_distill.api import run_demo
     from yolo_distill.log import to_stdout
 
+    user = tmp_path / "user"
+    user.mkdir()
+    teacher = user / "teacher.pt"
+    teacher.write_bytes(ckpt_factory("yolo11s.yaml").read_bytes())
+    before = {p.name: p.read_bytes() for p in user.iterdir()}
     to_stdout(verbose=True)
-    rows = run_demo(data=str(tiny_data), epochs=1, teacher_epochs=1, imgsz=64, batch=4, project=str(tmp_path / "d"))
+    rows = run_demo(data=str(tiny_data), epochs=1, teacher=str(teacher), imgsz=64, batch=4,
+                    project=str(tmp_path / "d"))  # fmt: skip
     out = capsys.readouterr().out
     assert [r["model"] for r in rows][:3] == ["teacher", "yolo11n carved from the teacher + KD",
                                               "teacher pruned + KD fine-tune"] and len(rows) == 4  # fmt: skip
-    assert "summary" in out and "carved from the teacher" in out
+    assert "summary" in out and "carved from the teacher" in out and "x teacher speed" in out
     assert rows[1]["params"] < rows[0]["params"] and rows[2]["params"] < rows[0]["params"]
-    assert rows[3]["onnx_ms"] > 0 and rows[3]["model"].endswith("INT8 ONNX")
+    assert rows[3]["model"].endswith("INT8 ONNX")
     exported = max(rows[1:3], key=lambda r: r["map"])
-    assert rows[3]["model"].startswith(exported["model"]) and exported["onnx_ms"] > 0
+    assert rows[3]["model"].startswith(exported["model"])
+    assert all(r["onnx_ms"] > 0 for r in rows) and rows[0]["speedup"] == 1.0
+    assert rows[1]["speedup"] == pytest.approx(rows[0]["onnx_ms"] / rows[1]["onnx_ms"])
+    assert {p.name: p.read_bytes() for p in user.iterdir()} == before, "nothing written beside the user's teacher"
     import cv2
 
     pic = cv2.imread(str(tmp_path / "d" / "detections.png"))
