@@ -371,6 +371,8 @@ def test_bad_teacher_stops_before_training(tmp_path, tiny_data, ckpt_factory, ca
         ({"losses": [{"name": "cwd", "params": {"taux": 1}}]}, "bad params"),
         ({"losses": [], "schedule": {"stop_at_teacher": "yes"}}, "stop_at_teacher must be true or false"),
         ({"losses": [], "mode": "online", "schedule": {"stop_at_teacher": True}}, "stop_at_teacher needs a fixed"),
+        ({"losses": [], "mode": "online", "teacher_lr": 0}, r"teacher_lr=0 is not valid: expected a multiple"),
+        ({"losses": [], "teacher_lr": 0.1}, r"teacher_lr=0.1 needs mode: online"),
     ],
 )
 def test_bad_recipe_stops_before_training(tmp_path, tiny_data, ckpt_factory, recipe, match):
@@ -550,12 +552,25 @@ def test_online_mutual_learning_trains_both(tmp_path, tiny_data, ckpt_factory):
     assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in t_saved.parameters())
 
 
-def test_online_yaml_teacher_takes_the_data_classes(tmp_path, tiny_data):
-    """A teacher trained from scratch alongside the student (a YAML) is built for the data's classes."""
+@pytest.mark.parametrize("recipe,scale", [("online", 1.0), ("online_slow_teacher", 0.1)])
+def test_online_yaml_teacher_takes_the_data_classes(tmp_path, tiny_data, recipe, scale):
+    """A teacher trained from scratch alongside the student (a YAML) is built for the data's classes; its parameters
+    learn at the student's rate times the recipe's ``teacher_lr``, through warm-up and schedule to the last step."""
     tr = DistillationTrainer(overrides=dict(model="yolo11n.yaml", data=str(tiny_data), teacher="yolov8n.yaml",
-                                            recipe="online", **train_args(tmp_path, val=False)))  # fmt: skip
+                                            recipe=recipe, **train_args(tmp_path, val=False)))  # fmt: skip
     tr.train()
     assert tr.distill.teacher.names == tr.data["names"] and int(tr.distill.teacher.model[-1].nc) == tr.data["nc"]
+    teacher = {id(p) for p in tr.distill.teacher.parameters()}
+    student_w = {id(p) for p in tr.model.parameters() if p.ndim > 1}
+    lrs = {"teacher": set(), "student": set()}
+    for g in tr.optimizer.param_groups:
+        ids = {id(p) for p in g["params"]}
+        if ids and ids <= teacher:
+            lrs["teacher"].add(round(g["lr"], 12))
+        elif ids and ids <= student_w:
+            lrs["student"].add(round(g["lr"], 12))
+    (t_lr,), (s_lr,) = lrs["teacher"], lrs["student"]
+    assert s_lr > 0 and t_lr == pytest.approx(scale * s_lr), lrs
 
 
 @pytest.mark.parametrize("branch", ["one2many", "both"])

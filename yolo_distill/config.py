@@ -144,6 +144,9 @@ class DistillRecipe:
             raw weights of one noisy epoch. With ``ema_epochs`` the decay is at least ``1 - 1 / w`` (``w`` = this
             many epochs of updates, ramped in over ``w`` updates); on large datasets Ultralytics' own decay is
             higher and is kept. Unset (the default): Ultralytics' EMA unchanged.
+        teacher_lr: online only: the co-trained teacher's learning rate as a multiple of the student's (> 0; e.g.
+            0.1 keeps a trained teacher near where it started while the student learns from it). Unset (the
+            default): the student's learning rate. Warm-up and LR schedule scale both alike.
         description: free text shown in logs.
     """
 
@@ -153,6 +156,7 @@ class DistillRecipe:
     mode: str = "offline"
     alpha: float | None = None
     ema_epochs: float | None = None
+    teacher_lr: float | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -167,6 +171,13 @@ class DistillRecipe:
                 f"alpha={self.alpha!r} is not valid: expected a number in [0, 1] (loss = alpha * L_det + "
                 f"(1 - alpha) * KD), or leave it out for L_det + KD"
             )
+        lr = self.teacher_lr
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+            raise ValueError(f"teacher_lr={lr!r} is not valid: expected a multiple of the student's learning rate "
+                             f"> 0 (e.g. 0.1), or leave it out for the student's")  # fmt: skip
+        if lr is not None and self.mode != "online":
+            raise ValueError(f"teacher_lr={lr!r} needs mode: online (an offline teacher is frozen and has no learning "
+                             f"rate); drop teacher_lr or set mode: online")  # fmt: skip
         if self.branch not in ("one2many", "both"):
             raise ValueError(f"branch must be 'one2many' or 'both', got {self.branch!r}")
         if self.mode not in ("offline", "online"):
@@ -198,9 +209,9 @@ class DistillRecipe:
     def to_dict(self) -> dict[str, Any]:
         """Plain data (builtins only), safe to store in Ultralytics' args and checkpoints.
 
-        ``schedule.stop_at_teacher``, ``alpha``, ``ema_epochs`` and a term's ``until_close_mosaic`` appear only when
-        set, so the plain form of a recipe that does not use them (and with it the benchmark's cache key of rows that
-        ran before they existed) stays as it was.
+        ``schedule.stop_at_teacher``, ``alpha``, ``ema_epochs``, ``teacher_lr`` and a term's ``until_close_mosaic``
+        appear only when set, so the plain form of a recipe that does not use them (and with it the benchmark's cache
+        key of rows that ran before they existed) stays as it was.
         """
         data = dataclasses.asdict(self)
         if not data["schedule"]["stop_at_teacher"]:
@@ -208,7 +219,7 @@ class DistillRecipe:
         for term in data["losses"]:
             if not term["until_close_mosaic"]:
                 del term["until_close_mosaic"]
-        for optional in ("alpha", "ema_epochs"):
+        for optional in ("alpha", "ema_epochs", "teacher_lr"):
             if data[optional] is None:
                 del data[optional]
         return data

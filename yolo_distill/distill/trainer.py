@@ -189,8 +189,9 @@ class DistillationTrainer(DetectionTrainer):
 
     def build_optimizer(self, model: nn.Module, *args: Any, **kwargs: Any):
         """Ultralytics' optimizer, plus the connectors' parameters as their own group (no weight decay) and, online,
-        the co-trained teacher's (weights with the student's weight decay, BN and biases without), so the teacher
-        really trains; Ultralytics' warm-up and LR schedule then drive every group alike."""
+        the co-trained teacher's (weights with the student's weight decay, BN and biases without; learning rate the
+        student's times the recipe's ``teacher_lr``), so the teacher really trains; Ultralytics' warm-up and LR
+        schedule then drive every group alike."""
         optimizer = super().build_optimizer(model, *args, **kwargs)
         if self.distill is None:
             return optimizer
@@ -206,8 +207,9 @@ class DistillationTrainer(DetectionTrainer):
                     is_weight = name == "weight" and not isinstance(module, (nn.BatchNorm2d, nn.LayerNorm))
                     (decay if is_weight else no_decay).append(p)
             wd = optimizer.param_groups[0].get("weight_decay", 0.0)
-            optimizer.add_param_group({"params": decay, "weight_decay": wd, "lr": lr})
-            optimizer.add_param_group({"params": no_decay, "weight_decay": 0.0, "lr": lr})
+            t_lr = lr * (self.recipe.teacher_lr if self.recipe.teacher_lr is not None else 1.0)
+            optimizer.add_param_group({"params": decay, "weight_decay": wd, "lr": t_lr})
+            optimizer.add_param_group({"params": no_decay, "weight_decay": 0.0, "lr": t_lr})
         return optimizer
 
     def get_validator(self):
