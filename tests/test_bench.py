@@ -492,6 +492,20 @@ def test_a_killed_bench_s_report_keeps_every_finished_seed(tmp_path, monkeypatch
     assert "| b |" in report and "0.2500 ± 0.0707" in report, report
 
 
+def test_an_online_row_reports_how_its_co_trained_teacher_ended(tmp_path, monkeypatch):
+    """Online KD changes the teacher too: the row measures ``teacher_last.pt`` and the report shows it beside the
+    student, so a teacher dragged down by its student is seen."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "o.yaml").write_text(
+        "data: shapes-tiny\nimgsz: 64\nepochs: 1\nbatch: 4\nexport_imgsz: 64\nrows:\n"
+        "  - {name: student_online, kind: train, model: yolo11n.yaml, teacher: yolov8n.yaml, recipe: online}\n"
+    )
+    (row,) = runner.run_bench("o.yaml", jobs=1)["rows"]
+    assert 0 <= row["teacher_last_map50_95"] <= 1
+    report = (tmp_path / "bench" / "o" / "report.md").read_text()
+    assert "Online rows" in report and f"| student_online | 0 | {row['teacher_last_map50_95']:.4f} |" in report
+
+
 def _verdict_bench(tmp_path, stem: str, rows: str, score, repeats: int = 1):
     """A bench recipe ``tmp_path/STEM.yaml`` with ``rows`` (YAML lines) whose every row-seed is finished: its result,
     under the key a run would cache it, has ``score(row name, seed, index) -> (best, last)``. Returns the recipe."""

@@ -31,6 +31,7 @@ def write_report(table: list[dict], out_dir: Path, recipe_name: str) -> Path:
         summary.append(point)
     lines += _onnx_lines(names, table)
     lines += _runtime_lines(names, table)
+    lines += _online_teacher_lines(names, table)
     sizes = _size_lines(names, table)
     lines += sizes
     plots = "![mAP vs GFLOPs](map_vs_gflops.png) ![mAP vs latency](map_vs_latency.png)"
@@ -40,6 +41,17 @@ def write_report(table: list[dict], out_dir: Path, recipe_name: str) -> Path:
     if sizes:
         _size_plot(names, table, out_dir)
     return out_dir / "report.md"
+
+
+def _online_teacher_lines(names: list[str], table: list[dict]) -> list[str]:
+    """The co-trained teacher of online rows: its mAP at the end (``teacher_last.pt``) beside the student's."""
+    rows = [(n, r) for n in names for r in table if r["name"] == n and r.get("teacher_last_map50_95") is not None]
+    if not rows:
+        return []
+    lines = ["", "Online rows: the co-trained teacher at the end of training (`weights/teacher_last.pt`, mAP50-95):",
+             "", "| row | seed | teacher_last.pt | student best.pt |", "|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {n} | {r.get('seed', 0)} | {r['teacher_last_map50_95']:.4f} | {r['map50_95']:.4f} |" for n, r in rows]
+    return lines
 
 
 def _sized(names: list[str], table: list[dict]) -> list[tuple[str, dict, float]]:

@@ -162,6 +162,10 @@ def run_row(row: Row, s: dict, done: dict[str, dict], out: Path) -> dict:
         if last.is_file():
             m_last = evaluate(last, s["data"], imgsz=common["imgsz"], batch=common["batch"], device=common["device"])
             res["last_map50_95"] = m_last["map50_95"]
+        t_last = run_dir / "weights" / "teacher_last.pt"  # online: how the co-trained teacher ended
+        if t_last.is_file():
+            m_t = evaluate(t_last, s["data"], imgsz=common["imgsz"], batch=common["batch"], device=common["device"])
+            res["teacher_last_map50_95"] = m_t["map50_95"]
     else:
         res["checkpoint"] = model
     m = evaluate(res["checkpoint"], s["data"], imgsz=common["imgsz"], batch=common["batch"], device=common["device"])
