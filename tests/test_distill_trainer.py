@@ -468,12 +468,13 @@ def test_alpha_balances_detection_and_kd_as_hinton(ckpt_factory):
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_fused_teacher_gives_the_same_outputs_and_keeps_every_branch(ckpt_factory, family):
-    """The frozen teacher is BN-folded (cheaper forward): every head branch (YOLO26's one2many included, which
-    Ultralytics' own fuse() drops) and every neck feature equal the unfused teacher's within 1e-4 (fp32)."""
+    """The frozen teacher is BN-folded and, on a CPU, channels-last (cheaper forward): every head branch (YOLO26's
+    one2many included, which Ultralytics' own fuse() drops) and every neck feature equal the unfused teacher's within
+    1e-4 (fp32)."""
     from copy import deepcopy
 
     from yolo_distill.distill.outputs import head_outputs
-    from yolo_distill.distill.teacher import fuse_teacher, load_teacher
+    from yolo_distill.distill.teacher import frozen_teacher, load_teacher
 
     teacher = load_teacher(ckpt_factory(FAMILIES[family].replace("n.yaml", "s.yaml")))
     g = torch.Generator().manual_seed(0)
@@ -482,8 +483,10 @@ def test_fused_teacher_gives_the_same_outputs_and_keeps_every_branch(ckpt_factor
             m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
             m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    fused = fuse_teacher(deepcopy(teacher))
+    fused = frozen_teacher(deepcopy(teacher), "fp32", "cpu")
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    convs = [m.weight for m in fused.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
     x = torch.rand(2, 3, 64, 64, generator=g)
     with torch.inference_mode():
         ref, got = head_outputs(teacher(x)), head_outputs(fused(x))

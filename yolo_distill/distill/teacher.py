@@ -128,8 +128,14 @@ def teacher_dtype(precision: str, device: str | torch.device, online: bool = Fal
 
 def frozen_teacher(teacher: nn.Module, precision: str, device: str | torch.device) -> nn.Module:
     """The frozen teacher as offline distillation runs it: BN folded (:func:`fuse_teacher`), in ``precision``
-    (:func:`teacher_dtype`), on ``device``. The trainer and ``kd_step_cost`` both build it here."""
-    return fuse_teacher(teacher).to(device=device, dtype=teacher_dtype(precision, device))
+    (:func:`teacher_dtype`), on ``device``, and on a CPU with channels-last weights (oneDNN's native layout: the
+    forward of a fused YOLO11s at 256 px, batch 8, one thread, took 0.84-0.87x the time of the default layout here;
+    unmeasured on GPUs, so left as it is there). The trainer and ``kd_step_cost`` both build it here."""
+    dtype = teacher_dtype(precision, device)
+    teacher = fuse_teacher(teacher).to(device=device, dtype=dtype)
+    if torch.device(device).type == "cpu":
+        teacher = teacher.to(memory_format=torch.channels_last)
+    return teacher
 
 
 def online_teacher(teacher: nn.Module, args: Any) -> nn.Module:
