@@ -151,6 +151,10 @@ def run_row(row: Row, s: dict, done: dict[str, dict], out: Path) -> dict:
     elif row.kind == "lowrank":
         model = lowrank_row(row, s, model, out, common["imgsz"])
     epochs = row.epochs if row.epochs is not None else s.get("epochs", 10)
+
+    def val(ckpt: str | Path) -> dict:
+        return evaluate(ckpt, s["data"], imgsz=common["imgsz"], batch=common["batch"], device=common["device"])
+
     if epochs:
         run_dir = train_row(row, s, done, model, epochs, common)
         res["checkpoint"] = str(run_dir / "weights" / "best.pt")
@@ -160,15 +164,13 @@ def run_row(row: Row, s: dict, done: dict[str, dict], out: Path) -> dict:
         res["train_seconds"] = float(rows[-1]["time"])
         last = run_dir / "weights" / "last.pt"  # what a user gets at the end of training, beside the best epoch
         if last.is_file():
-            m_last = evaluate(last, s["data"], imgsz=common["imgsz"], batch=common["batch"], device=common["device"])
-            res["last_map50_95"] = m_last["map50_95"]
+            res["last_map50_95"] = val(last)["map50_95"]
         t_last = run_dir / "weights" / "teacher_last.pt"  # online: how the co-trained teacher ended
         if t_last.is_file():
-            m_t = evaluate(t_last, s["data"], imgsz=common["imgsz"], batch=common["batch"], device=common["device"])
-            res["teacher_last_map50_95"] = m_t["map50_95"]
+            res["teacher_last_map50_95"] = val(t_last)["map50_95"]
     else:
         res["checkpoint"] = model
-    m = evaluate(res["checkpoint"], s["data"], imgsz=common["imgsz"], batch=common["batch"], device=common["device"])
+    m = val(res["checkpoint"])
     res.update(map50_95=m["map50_95"], map50=m["map50"])
     st = model_stats(load_model(res["checkpoint"]), common["imgsz"])
     res.update(params=st["params"], gflops=st["gflops"])

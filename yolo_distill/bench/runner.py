@@ -125,7 +125,6 @@ def _run_rows(spec: BenchRecipe, settings: dict, run_settings: dict, reps: int, 
     to_run = set() if report_only else {r.name for r in spec.rows if not only or r.name in only}
     plan = plan_rows(spec, settings, run_settings, reps)
     compute = _to_compute(plan, results, to_run)
-    table: list[dict] = []
     done: dict[str, dict] = {}  # the latest finished seed of each row, for "@row" references
     for row, s, k, _ in plan:
         if k in compute:
@@ -144,11 +143,10 @@ def _run_rows(spec: BenchRecipe, settings: dict, run_settings: dict, reps: int, 
             LOGGER.info("bench: %s (seed %s) not run yet: left out of the report", row.name, s["seed"])
             continue
         done[row.name] = results[k]
-        table.append({**results[k], "name": row.name, "seed": s["seed"]})
         # after every row, from everything finished (later rows and seeds included): a killed bench's report still
         # shows every result it has, each row's seeds averaged as in a complete run
         write_report(_finished(plan, results), out_dir, spec.path.name)
-    return table
+    return _finished(plan, results)
 
 
 def _finished(plan: list, results: dict) -> list[dict]:
