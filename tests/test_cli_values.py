@@ -43,12 +43,13 @@ DEMO = {
     "teacher": ("{tmp}/missing.pt", "never downloads weights"), "teacher_model": ("x.txt", "teacher_model="),
     "student": ("x.txt", "student="), "prune_ratio": ("1.5", "prune_ratio=1.5"),
     "export_imgsz": ("16", "export_imgsz=16"), "recipe": ("nope", "no distill recipe named 'nope'"),
+    "threads": ("0", "threads=0"),
 }  # fmt: skip
 TRAIN = {
     "model": ("{tmp}/missing.pt", "never downloads weights"), "data": ("{tmp}/none.yaml", "data="),
     "teacher": ("{tmp}/missing.pt", "never downloads weights"), "recipe": ("nope", "no distill recipe named"),
     "sparsity": ("-1", "sparsity=-1"), "qat": ("maybe", "qat='maybe'"),
-    "teacher_precision": ("half", "teacher_precision='half' is not valid"),
+    "teacher_precision": ("half", "teacher_precision='half' is not valid"), "threads": ("1.5", "threads=1.5"),
 }  # fmt: skip
 SHAPES = {
     "n_train": ("0", "n_train"), "n_val": ("0", "n_val"), "imgsz": ("8", "imgsz"), "seed": ("-1", "seed"),

@@ -795,3 +795,35 @@ def test_bad_teacher_precision_stops_before_anything_is_written(tmp_path, tiny_d
         train("yolo11n.yaml", str(tiny_data), teacher=str(ckpt_factory("yolo11s.yaml")), recipe=recipe,
               teacher_precision=value, **train_args(tmp_path))  # fmt: skip
     assert not (tmp_path / "runs").exists(), "a refused value must not create the run folder"
+
+
+def test_threads_sets_the_training_threads_and_stays_in_args(tmp_path, tiny_data):
+    """threads=N trains on N CPU threads, not Ultralytics' cpu_count - 1 (which it sets when it picks the device),
+    and keeps the key in args.yaml, so a rebuilt or resumed trainer uses the same count."""
+    import yaml
+    from ultralytics.utils import NUM_THREADS
+
+    before = torch.get_num_threads()
+    want = 3 if NUM_THREADS != 3 else 2  # a count Ultralytics would not pick itself
+    seen: list[int] = []
+    try:
+        tr = DistillationTrainer(overrides={"model": "yolo11n.yaml", "data": str(tiny_data), "threads": want,
+                                            **train_args(tmp_path)})  # fmt: skip
+        tr.add_callback("on_train_epoch_start", lambda t: seen.append(torch.get_num_threads()))
+        tr.train()
+        assert seen == [want], (seen, NUM_THREADS)
+        assert yaml.safe_load((tr.save_dir / "args.yaml").read_text())["threads"] == want
+        torch.set_num_threads(1)
+        DistillationTrainer(overrides=vars(tr.args) | {"name": "rebuilt"})
+        assert torch.get_num_threads() == want
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("value", [0, -2, 1.5, "2", True])
+def test_bad_threads_stops_before_anything_is_written(tmp_path, tiny_data, value):
+    from yolo_distill.api import train
+
+    with pytest.raises(ValueError, match=rf"threads={value!r}"):
+        train("yolo11n.yaml", str(tiny_data), threads=value, **train_args(tmp_path))
+    assert not (tmp_path / "runs").exists(), "a refused value must not create the run folder"

@@ -254,12 +254,14 @@ def _train_help() -> str:
 
     return (
         "yolo-distill train model=STUDENT.yaml|.pt data=DATA.yaml|shapes [teacher=TEACHER.pt] [recipe=NAME|PATH.yaml]\n"
-        "                   [sparsity=0.0] [teacher_precision=auto|fp32|bf16|fp16]\n"
+        "                   [sparsity=0.0] [teacher_precision=auto|fp32|bf16|fp16] [threads=N]\n"
         "                   [any Ultralytics train key: epochs= imgsz= batch= project= name= ...]\n"
         f"Recipes: configs/distill/*.yaml ({', '.join(api.recipes('distill'))}).\n"
         "A *.pt student (e.g. pruned.pt) is trained as the module it is: its pruned shapes are kept.\n"
         "teacher_precision: auto = fp16 on a GPU, fp32 elsewhere; bf16 = a cheaper teacher forward on CPUs with AMX\n"
-        "or AVX512-BF16 (KD terms within bf16 rounding of fp32)."
+        "or AVX512-BF16 (KD terms within bf16 rounding of fp32).\n"
+        "threads: CPU threads for this training (default: Ultralytics' cpu_count-1, at most 8); a lone run on a\n"
+        "2-core machine trains faster with threads=2."
     )
 
 
@@ -317,7 +319,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "demo": Command(
         _demo,
-        "yolo-distill demo [epochs=5] [imgsz=256] [project=runs/demo] [teacher=PATH|train] [data=shapes]\n"
+        "yolo-distill demo [epochs=5] [imgsz=256] [project=runs/demo] [teacher=PATH|train] [data=shapes] [threads=N]\n"
         "All stages on the built-in dataset with the shipped YOLO11s teacher (teacher=train trains one).",
     ),
     "data": Command(

@@ -16,6 +16,7 @@ def train(
     sparsity: float = 0.0,
     qat: bool = False,
     teacher_precision: str = "auto",
+    threads: int | None = None,
     **train_args: Any,
 ) -> DistillationTrainer:
     """Train ``model`` (the student) on ``data`` with KD from ``teacher``; without a teacher, train plainly.
@@ -31,12 +32,15 @@ def train(
             result exports to an INT8 QDQ ONNX model.
         teacher_precision: how the frozen teacher runs: ``auto`` (fp16 on a GPU, fp32 elsewhere), ``fp32``, ``bf16``
             (a cheaper teacher forward on CPUs with AMX or AVX512-BF16, and on GPUs) or ``fp16`` (CUDA).
+        threads: CPU threads for this training (``torch.set_num_threads`` after Ultralytics picks its device). Unset:
+            Ultralytics' ``cpu_count - 1`` (at most 8), which leaves a core for a second run; a lone run on a small
+            machine trains faster with every core. No effect on a GPU.
         **train_args: any Ultralytics train argument (``epochs``, ``imgsz``, ``batch``, ``project``, ``name``...).
 
     Returns:
         The finished trainer (``.best``, ``.save_dir``, ``.metrics``).
     """
-    from yolo_distill.config import load_distill_recipe, require
+    from yolo_distill.config import load_distill_recipe, require, require_int
     from yolo_distill.data.builtin import require_data
     from yolo_distill.data.checks import check_detection_dataset
     from yolo_distill.distill.teacher import teacher_dtype
@@ -50,6 +54,8 @@ def train(
     require(isinstance(sparsity, (int, float)) and not isinstance(sparsity, bool) and sparsity >= 0, "sparsity",
             sparsity, "a number >= 0 (L1 strength on BN scales)")  # fmt: skip
     require(isinstance(qat, bool), "qat", qat, "true or false")
+    if threads is not None:
+        require_int("threads", threads, 1)
     if qat:
         import importlib.util
 
@@ -77,6 +83,8 @@ def train(
         overrides["sparsity"] = sparsity
     if teacher_precision != "auto":
         overrides["teacher_precision"] = teacher_precision
+    if threads is not None:
+        overrides["threads"] = threads
     trainer = DistillationTrainer(overrides=overrides)
     trainer.train()
     return trainer

@@ -2,9 +2,10 @@
 
 It extends Ultralytics only through overridden methods and callbacks:
 
-* ``__init__`` takes our keys (``teacher``, ``recipe``, ``sparsity``, ``teacher_precision``) out of the overrides
-  and puts them back on ``self.args`` as plain data, so ``vars(self.args)`` rebuilds the trainer (as Ultralytics'
-  DDP does) and the checkpoint's ``train_args`` resumes it;
+* ``__init__`` takes our keys (``teacher``, ``recipe``, ``sparsity``, ``teacher_precision``, ``threads``) out of
+  the overrides and puts them back on ``self.args`` as plain data, so ``vars(self.args)`` rebuilds the trainer (as
+  Ultralytics' DDP does) and the checkpoint's ``train_args`` resumes it; ``threads`` sets the CPU threads after
+  Ultralytics' device selection (which sets ``cpu_count - 1``);
 * ``set_model_attributes`` loads and checks the teacher and builds the connectors, before the optimizer exists;
 * ``build_optimizer`` adds the connectors' parameters as their own group;
 * ``on_pretrain_routine_end`` installs :class:`DistillationCriterion` on the student and its EMA (after
@@ -29,7 +30,7 @@ from ultralytics.utils import DEFAULT_CFG, RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_distill.checkpoints import SPARSE_ATTR, apply_masks, sparse_masks
-from yolo_distill.config import load_distill_recipe
+from yolo_distill.config import load_distill_recipe, require_int
 from yolo_distill.distill.criterion import DistillationCriterion, DistillContext
 from yolo_distill.distill.parallel import average_distill_grads, broadcast_distill_state
 from yolo_distill.distill.teacher import check_pair, frozen_teacher, load_teacher, online_teacher, teacher_dtype
@@ -37,7 +38,7 @@ from yolo_distill.log import LOGGER as log
 from yolo_distill.offline import ensure_font, resolve_weights
 
 #: Keys this trainer adds to Ultralytics' arguments (they travel in ``vars(args)`` and in checkpoints).
-EXTRA_KEYS = ("teacher", "recipe", "distill", "sparsity", "teacher_precision")
+EXTRA_KEYS = ("teacher", "recipe", "distill", "sparsity", "teacher_precision", "threads")
 STATE_FILE = "distill_state.pt"  # connectors (and, online, the teacher): training-only, for resume
 
 
@@ -60,7 +61,8 @@ class DistillationTrainer(DetectionTrainer):
         cfg: Ultralytics default config (path or dict).
         overrides: Ultralytics train arguments plus ``teacher`` (a ``*.pt``), ``recipe`` (a shipped name or a YAML
             path), ``distill`` (an already resolved recipe as plain data; takes precedence over ``recipe``) and
-            ``sparsity`` (L1 strength on BN scales, 0 = off).
+            ``sparsity`` (L1 strength on BN scales, 0 = off) and ``threads`` (CPU threads for this training; unset:
+            Ultralytics' ``cpu_count - 1``, at most 8).
         _callbacks: Ultralytics callbacks.
     """
 
@@ -88,6 +90,11 @@ class DistillationTrainer(DetectionTrainer):
         self.args.sparsity = sparsity
         self.args.teacher_precision = str(extra.get("teacher_precision") or "auto")
         teacher_dtype(self.args.teacher_precision, self.device, online=recipe.mode == "online")  # fails early
+        self.args.threads = extra.get("threads")
+        if self.args.threads is not None:
+            require_int("threads", self.args.threads, 1)
+            if self.device.type == "cpu":  # after Ultralytics' select_device, which set cpu_count - 1 threads
+                torch.set_num_threads(self.args.threads)
         self._teacher_src = teacher
         self.recipe = recipe
         self.distill: DistillContext | None = None
