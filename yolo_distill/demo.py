@@ -144,7 +144,7 @@ def run_demo(
     _stage(5, n, f"export the most accurate compact model ({best['model']}): ONNX (parity) + INT8; every model timed",
            t0)  # fmt: skip
     size = export_imgsz or imgsz
-    rep = export_checkpoint(best["checkpoint"], imgsz=size, int8=True, data=data_yaml, runs=30)
+    rep = export_checkpoint(best["checkpoint"], imgsz=size, int8=True, data=data_yaml, runs=3)  # timed below
     rows.append(
         {
             "model": f"{best['model']}, INT8 ONNX",
