@@ -34,6 +34,16 @@ def test_qat_with_kd_trains_fake_quantized_weights_and_exports_int8_qdq(tmp_path
     assert changed, "QAT never changed a weight"
     kd = [k for k in (tr.save_dir / "results.csv").read_text().splitlines()[0].split(",") if "kd" in k]
     assert kd, "no KD term was logged: the teacher did not take part"
+    # our checkpoint writer (the bench's size column, prune and carve outputs) keeps the fake quantization
+    from yolo_distill.checkpoints import save_stock_checkpoint
+
+    again = load_model(save_stock_checkpoint(tuned, tmp_path / "resaved.pt"))
+    x = torch.rand(1, 3, 64, 64)
+    assert is_qat(again), "the re-saved checkpoint lost its fake quantization"
+    assert torch.allclose(again.eval()(x)[0], tuned.eval()(x)[0], atol=1e-2), "re-saved, it computes otherwise"
+    from yolo_distill.bench.rows import size_stats
+
+    assert size_stats(str(tr.best))["size_mb"] > 0  # a bench row of a QAT model (it raised a PicklingError)
     ckpt = shutil.copy(tr.best, tmp_path / "qat.pt")
     r = export(str(ckpt), imgsz=64, data=str(tiny_data), runs=2)
     ops = {n.op_type for n in onnx.load(r.onnx).graph.node}

@@ -12,7 +12,8 @@ def save_stock_checkpoint(model: nn.Module, path: str | Path, train_args: dict |
     """Write ``model`` as an Ultralytics checkpoint that ``YOLO(path)`` loads with no import of ours.
 
     Args:
-        model: an Ultralytics DetectionModel (only Ultralytics and torch classes inside).
+        model: an Ultralytics DetectionModel (only Ultralytics and torch classes inside, or a QAT model: its
+            fake quantization is stored as Ultralytics stores it, under ``modelopt``).
         path: the ``*.pt`` to write; an existing file is never overwritten.
         train_args: Ultralytics train arguments to record (``data``, ``imgsz``...).
         **extra: more top-level keys (plain data), e.g. ``prune_report``.
@@ -24,13 +25,21 @@ def save_stock_checkpoint(model: nn.Module, path: str | Path, train_args: dict |
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"{path} already exists; choose another output path or delete it first")
+    from ultralytics.utils.torch_utils import qat_state, strip_qat
+
     m = deepcopy(model).float().eval()
     if hasattr(m, "criterion"):
         m.criterion = None
     for p in m.parameters():
         p.requires_grad_(False)
+    # a QAT model's ModelOpt layers are classes made at runtime that pickle cannot find again: as in Ultralytics'
+    # own checkpoints, the fake quantization travels beside the plain module as data, and its loader re-applies it
+    qat = qat_state(m)
+    strip_qat(m)
     path.parent.mkdir(parents=True, exist_ok=True)
     ckpt = {"model": m.half(), "ema": None, "train_args": dict(train_args or {}), "version": ultralytics.__version__}
+    if qat is not None:
+        ckpt["modelopt"] = qat
     ckpt.update(extra)
     tmp = path.with_name(f".{path.name}.partial")
     try:  # a kill mid-write leaves no torn file at the final name
