@@ -6,7 +6,9 @@ two measured passes instead of NetAdapt's many fine-tuned ones:
 1. **What each layer buys.** Every prunable layer is pruned alone at ``probe`` (channel ratio) and the model is timed
    on the runtime: ``dlat_i`` ms saved, ``dimp_i`` the fraction of the model's filter magnitude (the pruning
    criterion) removed. A layer's value is ``v_i = max(dlat_i, 0) / dimp_i``: latency bought per unit of lost
-   importance. Layers that buy nothing measurable are left whole.
+   importance. A layer whose lone gain is lost in the timer's noise (nothing measurable) is valued below every layer
+   that buys time: it shrinks last, only where those at ``max_layer_ratio`` cannot reach the budget (on a small
+   input a lone layer may save less than the noise while many together save plenty).
 2. **How far.** Each layer gets ``r_i = min(s * v_i / max(v), max_layer_ratio)``; the scale ``s`` is bisected on the
    measured latency of the whole pruned model until it lands in ``[(1 - tol) * budget, budget]``.
 
@@ -48,7 +50,8 @@ def latency_prune(model: nn.Module, cfg: PruneConfig, budget_ms: float | Callabl
 
     Returns:
         The pruned model and a report: source and final latency, per-layer ``[ms saved, importance lost, ratio]``,
-        and every measurement as ``[scale, ms]``.
+        the layers whose lone gain was not measurable (``unmeasured``: valued below the rest, so shrunk last), and
+        every measurement as ``[scale, ms]``.
     """
     from yolo_distill.compress.sensitivity import prunable_layers
 
@@ -74,19 +77,23 @@ def latency_prune(model: nn.Module, cfg: PruneConfig, budget_ms: float | Callabl
             f"model runs {floor:.2f} ms; raise max_layer_ratio, use scope=all, protect fewer layers, or aim higher"
         )
     gains: dict[int, list[float]] = {}
+    unmeasured: list[int] = []  # layers that lose importance but whose lone gain the timer did not show
     for i in progress(layers, f"latency of each layer pruned alone (probe {probe})"):
         try:
             m = pruned_at({i: probe})
         except ValueError:
             continue  # a layer the config protects or cannot prune
         saved, lost = base - measure(m), 1 - _magnitude(m) / mag0
-        if saved > 0 and lost > 0:
-            gains[i] = [saved, lost]
-    if not gains:
+        if lost > 0:
+            gains[i] = [max(saved, 0.0), lost]
+            if saved <= 0:
+                unmeasured.append(i)
+    if len(unmeasured) == len(gains):
         raise ValueError("no layer pruned alone made the model measurably faster on this runtime; the latency "
                          "search cannot steer (try more threads of noise-free timing, a larger imgsz, or gflops=)")
-    value = {i: s / lost for i, (s, lost) in gains.items()}
-    top = max(value.values())
+    value = {i: s / lost for i, (s, lost) in gains.items() if i not in unmeasured}
+    top, least = max(value.values()), min(value.values())
+    value |= {i: least / 2 for i in unmeasured}  # shrunk last, once every measured layer is near its cap
 
     def ratios(scale: float) -> dict[int, float]:
         return {i: min(scale * v / top, cfg.max_layer_ratio) for i, v in value.items()}
@@ -98,8 +105,8 @@ def latency_prune(model: nn.Module, cfg: PruneConfig, budget_ms: float | Callabl
     curve.append([hi_scale, floor])
     if floor > budget_ms:
         raise ValueError(
-            f"latency={budget_ms} ms is unreachable: the smallest model this search makes (every layer that buys "
-            f"time at max_layer_ratio={cfg.max_layer_ratio}) runs {floor:.2f} ms; raise max_layer_ratio, use "
+            f"latency={budget_ms} ms is unreachable: the smallest model this search makes (every layer it may shrink "
+            f"at max_layer_ratio={cfg.max_layer_ratio}) runs {floor:.2f} ms; raise max_layer_ratio, use "
             f"scope=all, protect fewer layers, or aim higher"
         )
     lo, hi, best = 0.0, hi_scale, (hi_scale, floor, floor_model)
@@ -123,6 +130,7 @@ def latency_prune(model: nn.Module, cfg: PruneConfig, budget_ms: float | Callabl
         "final_ms": ms,
         "within_tol": (1 - tol) * budget_ms <= ms <= budget_ms,
         "layers": {i: [gains[i][0], gains[i][1], r] for i, r in ratios(scale).items()},
+        "unmeasured": unmeasured,
         "curve": curve,
     }
     return pruned, report
