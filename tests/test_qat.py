@@ -45,6 +45,16 @@ def test_qat_with_kd_trains_fake_quantized_weights_and_exports_int8_qdq(tmp_path
 
     assert size_stats(str(tr.best))["size_mb"] > 0  # a bench row of a QAT model (it raised a PicklingError)
     ckpt = shutil.copy(tr.best, tmp_path / "qat.pt")
+    # a bench export row of it: its only ONNX model is INT8, so the report shows it as such (it raised KeyError)
+    from yolo_distill.bench.report import _onnx_lines
+    from yolo_distill.bench.rows import export_row
+    from yolo_distill.bench.spec import parse_row
+
+    row = parse_row({"name": "qat_edge", "kind": "export", "from": str(ckpt), "epochs": 0}, "test", set())
+    res = export_row(row, {"data": str(tiny_data), "export_imgsz": 64}, str(ckpt), tmp_path / "bench")
+    assert res["parity_ok"] and res["int8_ms"] > 0 and res["onnx_ms"] == res["int8_ms"]
+    line = _onnx_lines(["qat_edge"], [{"name": "qat_edge", **res}])[-1]
+    assert line.startswith("| qat_edge (QAT) | - | 0.") and line.endswith(" | - |"), line
     r = export(str(ckpt), imgsz=64, data=str(tiny_data), runs=2)
     ops = {n.op_type for n in onnx.load(r.onnx).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops

@@ -139,6 +139,10 @@ def _last(rs: list[dict]) -> str:
     return f"{statistics.fmean(vals):.4f}" + (f" ± {statistics.stdev(vals):.4f}" if len(vals) > 1 else "")
 
 
+def _num(v: float | None, digits: int) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
 def _onnx_lines(names: list[str], table: list[dict]) -> list[str]:
     """The table of export rows: mAP of the ONNX models run by ONNX Runtime, FP32 and INT8 (first seed)."""
     lines: list[str] = []
@@ -153,10 +157,13 @@ def _onnx_lines(names: list[str], table: list[dict]) -> list[str]:
                   "|---|---|---|---|---|---|"]  # fmt: skip
         for n, r in onnx_rows:
             m, i8 = r["onnx_map50_95"], r.get("int8_ms")
-            fp = next((v for k, v in m.items() if k != "onnx_int8"), float("nan"))
-            q = f"{m['onnx_int8']:.4f}" if "onnx_int8" in m else "-"
-            sp = f"{r['onnx_ms'] / i8:.2f}x" if i8 else "-"
-            lines.append(f"| {n} | {fp:.4f} | {q} | {r['onnx_ms']:.2f} | {f'{i8:.2f}' if i8 else '-'} | {sp} |")
+            qat = "onnx_qat_int8" in m  # a QAT model has an INT8 (QDQ) ONNX model only
+            fp = next((v for k, v in m.items() if k not in ("onnx_int8", "onnx_qat_int8")), None)
+            q = m.get("onnx_qat_int8" if qat else "onnx_int8")
+            fp_ms = None if qat else r["onnx_ms"]
+            sp = f"{fp_ms / i8:.2f}x" if fp_ms and i8 else "-"
+            lines.append(f"| {n}{' (QAT)' if qat else ''} | {_num(fp, 4)} | {_num(q, 4)} | {_num(fp_ms, 2)} | "
+                         f"{_num(i8, 2)} | {sp} |")  # fmt: skip
     return lines
 
 

@@ -222,9 +222,10 @@ def export_row(row: Row, s: dict, checkpoint: str, out: Path) -> dict[str, Any]:
 
         LOGGER.warning("bench: %s: %s", row.name, e)
         lat, res["parity_ok"] = json.loads(ckpt.with_name(f"{ckpt.stem}_export.json").read_text())["latency_ms"], False
-    res["onnx_ms"] = lat["onnx_fp32"]["median"]
+    qat = "onnx_qat_int8" in lat  # a QAT model exports its INT8 (QDQ) ONNX model only
+    res["onnx_ms"] = lat["onnx_qat_int8" if qat else "onnx_fp32"]["median"]
     res["torch_ms"] = lat["torch_fp32"]["median"]
-    res["int8_ms"] = lat.get("onnx_int8", {}).get("median")
+    res["int8_ms"] = lat.get("onnx_qat_int8" if qat else "onnx_int8", {}).get("median")
     return res
 
 
