@@ -36,6 +36,12 @@ def test_mini_demo_runs_every_stage(tmp_path, tiny_data, ckpt_factory, capsys):
     exported = max(rows[1:3], key=lambda r: r["map"])
     assert rows[3]["model"].startswith(exported["model"])
     assert all(r["onnx_ms"] > 0 for r in rows) and rows[0]["speedup"] == 1.0
+    import os
+
+    import yaml
+
+    for run in ("carved_kd", "pruned_kd"):  # the demo runs alone: its trainings use every core
+        assert yaml.safe_load((tmp_path / "d" / run / "args.yaml").read_text())["threads"] == os.cpu_count()
     assert rows[1]["speedup"] == pytest.approx(rows[0]["onnx_ms"] / rows[1]["onnx_ms"])
     assert {p.name: p.read_bytes() for p in user.iterdir()} == before, "nothing written beside the user's teacher"
     import cv2
