@@ -194,8 +194,9 @@ def _time_every_row(rows: list[dict[str, Any]], best: dict[str, Any], rep, work:
 
 
 def detections_picture(rows: list[dict[str, Any]], images: list[Path], imgsz: int, out: Path) -> Path:
-    """One row per model (its name, mAP50-95 and latency written above it), one column per image: each model's
-    detections drawn by Ultralytics' own plotting, side by side; written atomically as ``out`` (PNG)."""
+    """One row per model (its name, mAP50-95 and ONNX latency ``onnx_ms`` written above it), one column per
+    image: each model's detections drawn by Ultralytics' own plotting, side by side; written atomically as ``out``
+    (PNG)."""
     import cv2
     import numpy as np
     from ultralytics import YOLO
@@ -206,8 +207,7 @@ def detections_picture(rows: list[dict[str, Any]], images: list[Path], imgsz: in
         results = YOLO(str(r["checkpoint"]), **task).predict([str(p) for p in images], imgsz=imgsz, verbose=False)
         tiles = [cv2.resize(res.plot(), (cell, cell)) for res in results]
         title = np.full((28, cell * len(tiles), 3), 255, np.uint8)
-        ms = "" if np.isnan(r.get("onnx_ms", float("nan"))) else f", {r['onnx_ms']:.1f} ms ONNX"
-        text = f"{r['model']}: mAP50-95 {r['map']:.3f}{ms}"
+        text = f"{r['model']}: mAP50-95 {r['map']:.3f}, {r['onnx_ms']:.1f} ms ONNX"
         cv2.putText(title, text, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
         strips += [title, np.concatenate(tiles, axis=1)]
     part = out.with_name(f".{out.stem}.partial.png")
