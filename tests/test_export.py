@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import FAMILIES
+from yolo_distill.deploy.latency import SPEED_FLAGS, cpu_summary
 from yolo_distill.deploy.onnx import export_checkpoint
 
 
@@ -22,8 +23,18 @@ def test_onnx_parity_per_family(tmp_path, tiny_data, ckpt_factory, family):
     assert r.parity.max_abs_score <= 1e-4 and r.parity.max_abs_box <= 1e-3
     out = json.loads((tmp_path / f"{family}_export.json").read_text())
     assert out["latency_ms"]["onnx_fp32"]["median"] > 0 and out["latency_ms"]["torch_fp32"]["median"] > 0
+    assert out["machine"] == cpu_summary(), "the report names the CPU its latencies were measured on"
     names = {i.name for i in ort.InferenceSession(r.onnx).get_inputs()}
     assert names == {"images"}, "training-only inputs leaked into the graph"
+
+
+def test_the_cpu_summary_names_the_model_and_the_instructions_that_decide_int8_speed():
+    two_cpus = ("processor\t: 0\nmodel name\t: Xeon Gold\nflags\t\t: fpu sse avx2 avx512f avx512_vnni amx_int8\n\n"
+                "processor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n")  # fmt: skip
+    s = cpu_summary(two_cpus)
+    assert s.startswith("Xeon Gold, ") and s.endswith("; avx2, avx512f, avx512_vnni, amx_int8"), s
+    assert cpu_summary("model name: Old\nflags: fpu sse\n").endswith("; none of " + ", ".join(SPEED_FLAGS))
+    assert cpu_summary("").endswith("; flags unknown")
 
 
 def test_int8_runs_and_is_validated(tmp_path, tiny_data):

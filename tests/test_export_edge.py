@@ -13,6 +13,7 @@ from tests.conftest import FAMILIES, SHIPPED_TEACHER
 from yolo_distill.api import export
 from yolo_distill.deploy import litert, ncnn
 from yolo_distill.deploy import openvino as ov
+from yolo_distill.deploy.latency import cpu_summary
 
 needs_openvino = pytest.mark.skipif(not ov.available(), reason=f"the openvino extra is not installed: {ov.INSTALL}")
 needs_ncnn = pytest.mark.skipif(not ncnn.available(), reason=f"the ncnn extra is not installed: {ncnn.INSTALL}")
@@ -55,6 +56,7 @@ def test_all_formats_with_int8_side_by_side_on_a_trained_model(tmp_path, tiny_da
     assert (tmp_path / "m_int8.tflite").stat().st_size < 0.5 * (tmp_path / "m.tflite").stat().st_size, "not INT8"
     table = (tmp_path / "m_export.md").read_text()
     assert all(f"| {k} |" in table for k in keys) and (tmp_path / "m_export.png").stat().st_size > 0
+    assert f"Measured on: {r.machine}." in table and r.machine == cpu_summary()
     xml = (tmp_path / "m_int8_openvino_model" / "m.xml").read_text()
     assert "FakeQuantize" in xml or "FakeConvert" in xml, "the INT8 model holds no quantized ops"
 
@@ -140,6 +142,7 @@ def test_a_bench_export_row_with_format_all_reports_every_runtime(tmp_path, tiny
     assert all(v["map50_95"] is not None for k, v in res["runtimes"].items() if k != "torch_fp32")
     lines = report._runtime_lines(["edge"], [{"name": "edge", **res}])
     assert any(line.startswith("| edge | openvino_fp32 |") for line in lines)
+    assert f"Measured on: edge: {cpu_summary()}." in lines, "a cached row keeps the CPU it was timed on"
     assert ckpt.read_bytes() == given and sorted(p.name for p in tmp_path.iterdir()) == ["bench", "m.pt"]
     with pytest.raises(ValueError, match="format must be onnx or all"):
         parse_row({"name": "e", "kind": "export", "from": "x.pt", "format": "tflite"}, "t", set())

@@ -68,10 +68,12 @@ def _runtime_lines(names: list[str], table: list[dict]) -> list[str]:
     """Export rows with ``format: all``: every runtime x precision, latency timed side by side
     within the row, the speed-up over ONNX Runtime FP32, and mAP run by that runtime (first seed)."""
     lines: list[str] = []
+    machines: dict[str, str] = {}
     for n in names:
         r = next((r for r in table if r["name"] == n and r.get("runtimes")), None)
         if r is None:
             continue
+        machines[n] = r.get("machine") or "not recorded"
         if not lines:
             lines += ["", "Every runtime x precision of the export rows (latency of one row's models timed "
                       "interleaved; mAP50-95 of each model run by its own runtime):", "",
@@ -81,6 +83,8 @@ def _runtime_lines(names: list[str], table: list[dict]) -> list[str]:
             sp = f"{base / v['ms']:.2f}x" if base else "-"
             m = f"{v['map50_95']:.4f}" if v.get("map50_95") is not None else "-"
             lines.append(f"| {n} | {k} | {v['ms']:.2f} | {sp} | {m} |")
+    if machines:  # a cached row may come from another session's machine, and INT8 speed-ups depend on its CPU
+        lines += ["", "Measured on: " + "; ".join(f"{n}: {m}" for n, m in machines.items()) + "."]
     return lines
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +23,33 @@ def ort_session(path: str | Path, threads: int = 2):
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+#: CPU instruction sets that decide how much INT8 (and BF16) buys on a CPU runtime, in the order they matter
+SPEED_FLAGS = ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_summary(cpuinfo: str | None = None) -> str:
+    """The CPU that latencies were measured on, in one line: its model name, logical CPU count, and which of
+    :data:`SPEED_FLAGS` it has (an INT8 speed-up measured with AMX or VNNI does not carry over to a CPU without them).
+
+    Args:
+        cpuinfo: the text of ``/proc/cpuinfo``; default: read it (Linux), else the platform's processor name alone.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    first: dict[str, str] = {}  # the first CPU's lines (every CPU repeats them)
+    for line in cpuinfo.splitlines():
+        k, _, v = line.partition(":")
+        first.setdefault(k.strip(), v.strip())
+    name = first.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+    flags = set(first.get("flags", "").split())
+    has = [f for f in SPEED_FLAGS if f in flags]
+    isa = ", ".join(has) if has else ("none of " + ", ".join(SPEED_FLAGS) if flags else "flags unknown")
+    return f"{name}, {os.cpu_count()} logical CPUs; {isa}"
 
 
 def _stats(times: list[float]) -> dict[str, float]:

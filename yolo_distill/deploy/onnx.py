@@ -21,7 +21,7 @@ from yolo_distill.checkpoints import load_model, write_text_atomic
 from yolo_distill.config import require, require_int
 from yolo_distill.data.builtin import require_data
 from yolo_distill.data.images import dataset_images, letterbox_images
-from yolo_distill.deploy.latency import compare_runners
+from yolo_distill.deploy.latency import compare_runners, cpu_summary
 from yolo_distill.deploy.parity import Parity, ParityError, check_parity
 from yolo_distill.deploy.quantize import CALIBRATION
 from yolo_distill.deploy.targets import BY_KEY, TARGETS, Job, Runner, Target
@@ -60,6 +60,7 @@ class ExportReport:
     int8_parity: Parity | None = None
     map50_95: dict = field(default_factory=dict)
     map50: dict = field(default_factory=dict)
+    machine: str = ""  # the CPU the latencies were measured on (:func:`~yolo_distill.deploy.latency.cpu_summary`)
 
 
 def export_checkpoint(
@@ -192,6 +193,7 @@ def export_checkpoint(
             models[f"{t.key}_int8"] = out_int8
             runners[f"{t.key}_int8"] = run8
     report.latency_ms = _latency(runners, ref, batch[:1], threads, runs)
+    report.machine = cpu_summary()
     if validate and data:
         _validate(report, models, data, imgsz)
     write_text_atomic(out_json, json.dumps(asdict(report), indent=2))
@@ -312,6 +314,7 @@ def runtime_table(r: ExportReport, threads: int) -> str:
     FP32, mAP run by its own runtime, and parity against PyTorch."""
     base = r.latency_ms.get("onnx_fp32", {}).get("median")
     lines = [f"# Export of `{r.checkpoint}` at {r.imgsz} px, {threads} CPU thread(s)", "",
+             f"Measured on: {r.machine or 'not recorded'}.", "",
              "Latency: median and p90 of single-image runs, every model timed interleaved with the others (their "
              "ratios hold under machine load). mAP50-95: the exported model run by its own runtime over the val "
              "split. Parity: max abs box difference against PyTorch on the same images (INT8: measured, not judged).",
