@@ -599,3 +599,86 @@ def test_a_recipe_s_plain_form_has_no_unset_keys():
     for name in shipped_recipes("distill"):
         plain = load_distill_recipe(name).to_dict()
         assert not [k for k, v in plain.items() if v is None], (name, plain)
+
+
+def _conv_onnx(path, channels: int, layers: int) -> None:
+    """A plain ONNX model of ``layers`` 3x3 convs with ``channels`` channels on a (1, 3, 64, 64) input."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits, prev, c_in = [], [], "images", 3
+    for i in range(layers):
+        w = numpy_helper.from_array(np.random.default_rng(i).random((channels, c_in, 3, 3), dtype=np.float32), f"w{i}")
+        inits.append(w)
+        nodes.append(helper.make_node("Conv", [prev, f"w{i}"], [f"y{i}"], pads=[1, 1, 1, 1]))
+        prev, c_in = f"y{i}", channels
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])],
+                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, None)], inits)  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_side_by_side_times_every_row_in_one_run_and_names_the_row_for_each_goal(tmp_path, monkeypatch):
+    """``side_by_side=True`` trains nothing, times every finished row's ONNX model interleaved at 1 and 2 threads on
+    this machine, and the report lists, per goal, the rows no other row beats on that goal and mAP: a big accurate
+    model and a tiny one are listed, a row as slow and large as the big one but less accurate is not. A row
+    recomputed after the measurement loses its number (its key changed)."""
+    from yolo_distill.deploy.latency import cpu_summary
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: shapes-tiny\nexport_imgsz: 64\nrows:\n"
+                      "  - {name: big, kind: train, model: a.yaml}\n"
+                      "  - {name: tiny, kind: train, model: b.yaml}\n"
+                      "  - {name: worse, kind: train, model: c.yaml}\n")  # fmt: skip
+    spec = {"big": (48, 4, 0.5, 10.0), "tiny": (4, 1, 0.4, 2.0), "worse": (48, 4, 0.3, 12.0)}
+    calls = []
+
+    def fake(row, s, done, out):
+        calls.append(row.name)
+        ch, layers, m, gz = spec[row.name]
+        _conv_onnx(out / "exports" / row.name / "best.onnx", ch, layers)
+        return {"name": row.name, "kind": "train", "checkpoint": str(out / "runs" / row.name / "best.pt"),
+                "map50_95": m, "map50": m, "params": ch * layers, "nonzero_params": ch * layers, "gflops": 1.0,
+                "size_mb": gz * 1.1, "gzip_mb": gz, "onnx_ms": 1.0, "seconds": 1.0}  # fmt: skip
+
+    monkeypatch.setattr(rows, "run_row", fake)
+    monkeypatch.setattr("yolo_distill.data.builtin.resolve_data", lambda d: d)
+    out = tmp_path / "b"
+    with pytest.raises(ValueError, match="has no finished rows"):
+        runner.run_bench(str(recipe), out=str(out), side_by_side=True)
+    assert not out.exists(), "a refused side_by_side writes nothing"
+    runner.run_bench(str(recipe), out=str(out))
+    calls.clear()
+    runner.run_bench(str(recipe), out=str(out), side_by_side=True)
+    assert calls == [], "side_by_side measures; it trains nothing"
+    sbs = json.loads((out / "side_by_side.json").read_text())
+    assert sbs["machine"] == cpu_summary() and set(sbs["ms"]) == {"1", "2"} and set(sbs["keys"]) == set(spec)
+    for t in ("1", "2"):
+        assert sbs["ms"][t]["tiny"]["median"] < sbs["ms"][t]["big"]["median"], sbs["ms"][t]
+    report = (out / "report.md").read_text()
+    assert "| big | 192 | 192 | 1.00 | 11.00 | 10.00 |" in report, report
+    goals = [line for line in report.splitlines() if line.startswith("- a ")]
+    assert len(goals) == 3, goals  # a smaller file; a faster CPU at 1 and at 2 threads
+    for line in goals:
+        assert "tiny (" in line and "big (" in line and "worse" not in line, line
+        assert line.index("tiny (") < line.index("big ("), "cheapest first"
+    assert (out / "map_vs_latency_side_by_side.png").stat().st_size > 0
+    # a row recomputed since (another key) is not shown with the old model's latency
+    stored = json.loads((out / "side_by_side.json").read_text())
+    stored["keys"]["big"] = "0" * 16
+    (out / "side_by_side.json").write_text(json.dumps(stored))
+    runner.run_bench(str(recipe), out=str(out), report_only=True)
+    report = (out / "report.md").read_text()
+    assert "| big | 192 |" not in report.split("Side by side")[1] and "| tiny | 4 |" in report.split("Side by side")[1]
+    for bad in (0, [0], [1.5], "yes", []):
+        with pytest.raises(ValueError, match="side_by_side=.* is not valid"):
+            runner.run_bench(str(recipe), out=str(out), side_by_side=bad)
+
+
+def test_pareto_keeps_the_rows_nothing_beats_on_both_cost_and_map():
+    from yolo_distill.bench.side_by_side import pareto
+
+    pts = {"a": (1.0, 0.2), "b": (2.0, 0.5), "c": (2.0, 0.4), "d": (3.0, 0.5), "e": (0.5, 0.1)}
+    assert pareto(pts) == ["e", "a", "b"]
+    assert pareto({"x": (1.0, 0.3), "y": (1.0, 0.3)}) == ["x", "y"], "equal rows do not remove each other"

@@ -310,12 +310,14 @@ COMMANDS: dict[str, Command] = {
     "bench": Command(
         _bench,
         "yolo-distill bench recipe=cpu-small|PATH.yaml [out=bench/NAME] [repeats=1] [seed=0] [report_only=False]\n"
-        "                   [only=ROW,ROW] [jobs=1] [dry_run=False]\n"
+        "                   [only=ROW,ROW] [jobs=1] [dry_run=False] [side_by_side=False]\n"
         "Rows already finished (same spec, settings and version) are skipped; a killed bench continues.\n"
         "jobs=N runs N rows at once, each in its own process (logs in OUT/logs/); on a CPU each row trains with\n"
         "cpu_count-1 threads (at most 8), so jobs=2 uses both cores of a 2-core machine.\n"
         "A row may set its own repeats (more seeds for the rows whose difference matters).\n"
-        "dry_run=True resolves every row (paths, device, references, recipes, cache keys) and trains nothing.",
+        "dry_run=True resolves every row (paths, device, references, recipes, cache keys) and trains nothing.\n"
+        "side_by_side=True (or [1,4]: thread counts) runs no row: it times every finished row's ONNX model\n"
+        "interleaved on this machine (run it idle) and adds that table and which row serves which goal.",
     ),
     "demo": Command(
         _demo,

@@ -1,10 +1,12 @@
-"""The bench report: ``report.md`` (mean and spread over seeds) and three plots."""
+"""The bench report: ``report.md`` (mean and spread over seeds), its plots, and the side-by-side latency table when
+one was measured (:mod:`~yolo_distill.bench.side_by_side`)."""
 
 from __future__ import annotations
 
 import statistics
 from pathlib import Path
 
+from yolo_distill.bench import side_by_side
 from yolo_distill.checkpoints import write_text_atomic
 
 
@@ -34,8 +36,14 @@ def write_report(table: list[dict], out_dir: Path, recipe_name: str) -> Path:
     lines += _online_teacher_lines(names, table)
     sizes = _size_lines(names, table)
     lines += sizes
+    sbs = side_by_side.load(out_dir, table)
+    if sbs is not None:
+        lines += side_by_side.lines(sbs, table)
+        side_by_side.plot(sbs, table, out_dir / "map_vs_latency_side_by_side.png")
     plots = "![mAP vs GFLOPs](map_vs_gflops.png) ![mAP vs latency](map_vs_latency.png)"
-    lines += ["", plots + (" ![mAP vs size](map_vs_size.png)" if sizes else ""), ""]
+    plots += " ![mAP vs size](map_vs_size.png)" if sizes else ""
+    plots += " ![mAP vs side-by-side latency](map_vs_latency_side_by_side.png)" if sbs is not None else ""
+    lines += ["", plots, ""]
     write_text_atomic(out_dir / "report.md", "\n".join(lines))
     _plots(summary, out_dir)
     if sizes:

@@ -19,7 +19,7 @@ from yolo_distill.log import LOGGER
 
 def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, seed: int | None = None,
               device: str | None = None, report_only: bool = False, only: str | list[str] | None = None,
-              jobs: int = 1, dry_run: bool = False) -> dict:  # fmt: skip
+              jobs: int = 1, dry_run: bool = False, side_by_side: bool | list[int] = False) -> dict:  # fmt: skip
     """Run (or continue) a benchmark recipe and write ``report.md``, ``results.json`` and plots.
 
     Args:
@@ -37,6 +37,9 @@ def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, s
             one core and ``jobs=2`` halves the wall time; keep ``jobs * 8 <= cores`` on larger CPUs.
         dry_run: resolve every row (paths, device, references, recipes, cache keys), log them with what is missing
             on this machine, and return; nothing is trained or written.
+        side_by_side: run no row; time every finished row's ONNX model interleaved in one run (``True``: at 1 and 2
+            threads; or a list of thread counts), keep it in ``side_by_side.json`` and write the report with that
+            table and which row serves which goal. Run it on an idle machine once the rows are done.
 
     Returns:
         ``{"rows": [...], "out": folder}``: one entry per finished row and seed.
@@ -52,6 +55,7 @@ def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, s
             require_int(key, value, low)
     require(isinstance(report_only, bool), "report_only", report_only, "true or false")
     require(isinstance(dry_run, bool), "dry_run", dry_run, "true or false")
+    sbs_threads = _side_by_side_threads(side_by_side)
     spec = load_bench_recipe(recipe)
     settings = dict(spec.settings)
     if seed is not None:
@@ -73,8 +77,17 @@ def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, s
 
         return {**resolve(spec, settings, lambda: plan_rows(spec, settings, settings, reps)), "out": str(out_dir)}
     require(not out_dir.is_file(), "out", str(out_dir), "a folder for the bench's results (this is a file)")
+    if sbs_threads and not (out_dir / "results.json").is_file():
+        raise ValueError(f"side_by_side: {out_dir} has no finished rows (no results.json); run the bench first")
     run_settings = {**settings, "data": resolve_data(settings["data"])}
     out_dir.mkdir(parents=True, exist_ok=True)
+    if sbs_threads:
+        from yolo_distill.bench import side_by_side as sbs
+
+        table = _run_rows(spec, settings, run_settings, reps, out_dir, True, None)
+        sbs.measure(table, out_dir, int(settings.get("export_imgsz", settings.get("imgsz", 256))), sbs_threads)
+        write_report(table, out_dir, spec.path.name)
+        return {"rows": table, "out": str(out_dir)}
     if jobs > 1 and not report_only:
         failed = run_jobs(spec.path, out_dir, spec.rows, only or [r.name for r in spec.rows], jobs,
                           {"repeats": repeats, "seed": seed, "device": device})  # fmt: skip
@@ -85,6 +98,22 @@ def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, s
     table = _run_rows(spec, settings, run_settings, reps, out_dir, report_only, only)
     write_report(table, out_dir, spec.path.name)
     return {"rows": table, "out": str(out_dir)}
+
+
+def _side_by_side_threads(value: bool | list[int]) -> tuple[int, ...]:
+    """The thread counts ``side_by_side=`` asks for (empty: none)."""
+    from yolo_distill.bench.side_by_side import THREADS
+
+    if value is True:
+        return THREADS
+    if value is False:
+        return ()
+    if isinstance(value, (list, tuple)) and value and all(
+        isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in value
+    ):
+        return tuple(dict.fromkeys(value))
+    raise ValueError(f"side_by_side={value!r} is not valid: expected true (1 and 2 threads), false, or a list of "
+                     f"thread counts >= 1 such as [1, 4]")  # fmt: skip
 
 
 def plan_rows(spec: BenchRecipe, settings: dict, run_settings: dict, reps: int) -> list[tuple[Row, dict, str, dict]]:
@@ -151,4 +180,4 @@ def _run_rows(spec: BenchRecipe, settings: dict, run_settings: dict, reps: int, 
 
 def _finished(plan: list, results: dict) -> list[dict]:
     """The report's table: every planned row-seed with a cached result, in plan order."""
-    return [{**results[k], "name": row.name, "seed": s["seed"]} for row, s, k, _ in plan if k in results]
+    return [{**results[k], "name": row.name, "seed": s["seed"], "key": k} for row, s, k, _ in plan if k in results]

@@ -1,0 +1,148 @@
+"""Every finished row's ONNX model timed side by side, and which row serves which goal.
+
+A row's own latency columns are measured when the row finishes, so rows that ran hours apart, beside other jobs or
+on another session's machine, cannot be compared. ``side_by_side`` times every row's ONNX FP32 model (written by
+the row's export, ``exports/<row>/``) interleaved, at each thread count, in one run on one machine, and keeps the
+result in ``side_by_side.json`` with the machine and each row's cache key: a row recomputed later has no number
+there until the next measurement. The report then gives the table, a plot, and per goal (a smaller file, a faster
+CPU) the rows no other row beats on both that goal and mAP.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from yolo_distill.checkpoints import write_text_atomic
+from yolo_distill.deploy.latency import compare_onnx, cpu_summary
+from yolo_distill.log import LOGGER
+
+FILE = "side_by_side.json"
+#: thread counts timed when ``side_by_side=True``
+THREADS = (1, 2)
+
+
+def onnx_model(out_dir: Path, entry: dict) -> Path | None:
+    """The ONNX FP32 model the row's export wrote (``exports/<row>[_seedN]/<checkpoint stem>.onnx``), if present."""
+    run = entry["name"] if int(entry.get("seed", 0)) == 0 else f"{entry['name']}_seed{entry['seed']}"
+    ckpt = Path(str(entry.get("checkpoint", "")))
+    path = out_dir / "exports" / run / f"{ckpt.stem}.onnx"
+    return path if path.is_file() else None
+
+
+def first_seeds(table: list[dict]) -> dict[str, dict]:
+    """Each row's first finished seed (what the report's single-seed columns show)."""
+    out: dict[str, dict] = {}
+    for r in table:
+        out.setdefault(r["name"], r)
+    return out
+
+
+def measure(table: list[dict], out_dir: Path, imgsz: int, threads: tuple[int, ...] = THREADS, runs: int = 30) -> dict:
+    """Time every row's ONNX model interleaved at each thread count and write ``side_by_side.json``.
+
+    Args:
+        table: the bench's finished rows (each with ``name``, ``seed``, ``checkpoint`` and its cache ``key``).
+        out_dir: the bench folder.
+        imgsz: the export size (the models' input).
+        threads: ONNX Runtime intra-op thread counts.
+        runs: timed runs of each model per thread count.
+
+    Returns:
+        What was written: ``machine``, ``imgsz``, ``runs``, ``keys`` (row -> cache key) and ``ms`` (str(threads) ->
+        row -> median and p90 ms).
+
+    Raises:
+        ValueError: when no finished row has an ONNX model in the bench folder (nothing to compare).
+    """
+    models = {n: p for n, r in first_seeds(table).items() if (p := onnx_model(out_dir, r)) is not None}
+    if not models:
+        raise ValueError(f"side_by_side: no finished row of {out_dir} has an ONNX model under exports/; run the rows "
+                         f"first (each row's export writes one)")  # fmt: skip
+    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
+    ms: dict[str, dict] = {}
+    for t in threads:
+        LOGGER.info("bench: side by side: %d ONNX models interleaved, %d thread(s)", len(models), t)
+        stats = compare_onnx(list(models.values()), x, threads=t, runs=runs)
+        ms[str(t)] = {n: {k: stats[str(p)][k] for k in ("median", "p90")} for n, p in models.items()}
+    keys = {n: first_seeds(table)[n].get("key") for n in models}
+    result = {"machine": cpu_summary(), "imgsz": imgsz, "runs": runs, "keys": keys, "ms": ms}
+    write_text_atomic(out_dir / FILE, json.dumps(result, indent=2))
+    return result
+
+
+def load(out_dir: Path, table: list[dict]) -> dict | None:
+    """``side_by_side.json`` with only the rows whose result is still the one timed (same cache key); None if absent
+    or when no row is left."""
+    path = out_dir / FILE
+    if not path.is_file():
+        return None
+    sbs = json.loads(path.read_text())
+    now = {n: r.get("key") for n, r in first_seeds(table).items()}
+    keep = {n for n, k in sbs["keys"].items() if n in now and now[n] == k}
+    if not keep:
+        return None
+    sbs["ms"] = {t: {n: v for n, v in rows.items() if n in keep} for t, rows in sbs["ms"].items()}
+    sbs["keys"] = {n: k for n, k in sbs["keys"].items() if n in keep}
+    return sbs
+
+
+def pareto(points: dict[str, tuple[float, float]]) -> list[str]:
+    """The rows no other row beats: ``points`` maps a row to (cost, mAP); a row is left out when another has a cost
+    no higher and a mAP no lower, one of them strictly. Sorted by cost."""
+
+    def beaten(c: float, m: float) -> bool:
+        return any(c2 <= c and m2 >= m and (c2 < c or m2 > m) for c2, m2 in points.values())
+
+    front = [n for n, (c, m) in points.items() if not beaten(c, m)]
+    return sorted(front, key=lambda n: points[n][0])
+
+
+def lines(sbs: dict, table: list[dict]) -> list[str]:
+    """The report's side-by-side table and its "which row for which goal" section."""
+    rows = first_seeds(table)
+    threads = list(sbs["ms"])
+    names = [n for n in rows if n in sbs["keys"]]
+    out = ["", f"Side by side: every row's ONNX FP32 model timed interleaved in one run ({sbs['runs']} runs each, "
+                f"{sbs['imgsz']} px, ONNX Runtime), on {sbs['machine']}. File: the stock fp16 checkpoint; gzip shows "
+                "what zeros save. mAP50-95: first seed.", "",
+           "| row | params | non-zero params | GFLOPs | file MB | gzip MB | "
+           + " | ".join(f"ms {t} thread(s)" for t in threads) + " | mAP50-95 |",
+           "|---|---|---|---|---|---|" + "---|" * len(threads) + "---|"]  # fmt: skip
+    for n in names:
+        r = rows[n]
+        cells = " | ".join(f"{sbs['ms'][t][n]['median']:.2f}" for t in threads)
+        nz = f"{r['nonzero_params']:,}" if r.get("nonzero_params") is not None else "-"
+        size = " | ".join(f"{r[k]:.2f}" if r.get(k) is not None else "-" for k in ("size_mb", "gzip_mb"))
+        out.append(f"| {n} | {r['params']:,} | {nz} | {r['gflops']:.2f} | {size} | {cells} | {r['map50_95']:.4f} |")
+    goals = [("a smaller file (gzip MB)", {n: (rows[n]["gzip_mb"], rows[n]["map50_95"]) for n in names
+                                            if rows[n].get("gzip_mb") is not None})]  # fmt: skip
+    goals += [(f"a faster CPU, {t} thread(s) (ONNX Runtime ms)",
+               {n: (sbs["ms"][t][n]["median"], rows[n]["map50_95"]) for n in names}) for t in threads]  # fmt: skip
+    out += ["", "Which row for which goal: the rows that no other row beats on both the goal and mAP50-95 (cheapest "
+                "first); any row not listed is worse on both than one that is.", ""]  # fmt: skip
+    for goal, points in goals:
+        front = pareto(points)
+        out.append(f"- {goal}: " + ", ".join(f"{n} ({points[n][0]:.2f}, {points[n][1]:.4f})" for n in front))
+    return out
+
+
+def plot(sbs: dict, table: list[dict], path: Path) -> None:
+    """mAP50-95 against side-by-side latency, one series per thread count."""
+    from matplotlib.figure import Figure
+
+    rows = first_seeds(table)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for t, ms in sbs["ms"].items():
+        xs = [ms[n]["median"] for n in ms]
+        ax.scatter(xs, [rows[n]["map50_95"] for n in ms], label=f"{t} thread(s)")
+        for n in ms:
+            ax.annotate(n, (ms[n]["median"], rows[n]["map50_95"]), fontsize=6)
+    ax.set_xlabel("ONNX Runtime ms (side by side)")
+    ax.set_ylabel("mAP50-95")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
