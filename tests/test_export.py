@@ -207,3 +207,29 @@ def test_a_third_party_checkpoint_exports_without_its_dataset(tmp_path, tiny_dat
         export_checkpoint(str(ckpt), imgsz=64, int8=True, runs=1)
     r = export_checkpoint(str(ckpt), imgsz=64, runs=1)
     assert r.parity.ok and r.parity.images == 2 and r.map50_95 == {} and r.latency_ms["onnx_fp32"]["median"] > 0
+
+
+def test_interleaved_timing_leaves_out_the_hand_over_from_the_previous_model(monkeypatch):
+    """A run that directly follows another model's pays for that model's threads winding down (here: 20 ms instead
+    of 5). Timed in rounds, each model's first run after another's is untimed, so every median is the model's own
+    cost; timed one run of each in turn, every run would pay the hand-over."""
+    import types
+
+    import numpy as np
+
+    from yolo_distill.deploy import latency
+
+    clock, last = [0.0], [None]
+
+    def runner(name: str, cost: float):
+        def run(x):
+            clock[0] += cost + (0.020 if last[0] not in (None, name) else 0.0)
+            last[0] = name
+        return run
+
+    monkeypatch.setattr(latency, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    res = latency.compare_runners({"a": runner("a", 0.005), "b": runner("b", 0.010)}, np.zeros(1), runs=12)
+    assert res["a"]["runs"] == res["b"]["runs"] == 12
+    assert res["a"]["p90"] == pytest.approx(5.0) and res["b"]["p90"] == pytest.approx(10.0), res
+    with pytest.raises(ValueError, match="block=0 is not valid"):
+        latency.compare_runners({"a": runner("a", 0.005)}, np.zeros(1), runs=2, block=0)
