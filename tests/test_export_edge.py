@@ -37,6 +37,25 @@ def test_edge_parity_per_family(tmp_path, tiny_data, ckpt_factory, family, fmt, 
 
 
 @needs_openvino
+def test_openvino_is_checked_in_f32_and_timed_as_ultralytics_runs_it(tmp_path, tiny_data, ckpt_factory, monkeypatch):
+    """Parity needs f32 (OpenVINO computes float ops in bf16 by default on CPUs with AVX-512 BF16 or AMX); latency
+    is timed with OpenVINO's default, which is what Ultralytics' backend, and so the mAP column, runs."""
+    precisions = []
+    real = ov.ov_runner
+
+    def recording(model_dir, threads=2, precision="f32"):
+        precisions.append(precision)
+        return real(model_dir, threads, precision)
+
+    monkeypatch.setattr(ov, "ov_runner", recording)
+    ckpt = shutil.copy(ckpt_factory("yolo11n.yaml"), tmp_path / "m.pt")
+    r = export(str(ckpt), format="openvino", imgsz=64, data=str(tiny_data), runs=2, validate=False)
+    assert precisions == ["f32", None], precisions
+    assert r.openvino_parity.ok and r.latency_ms["openvino_fp32"]["median"] > 0
+    assert r.openvino_precision == ov.default_precision() in ("f32", "bf16", "f16")
+
+
+@needs_openvino
 @needs_ncnn
 @needs_litert
 def test_all_formats_with_int8_side_by_side_on_a_trained_model(tmp_path, tiny_data):
@@ -57,6 +76,7 @@ def test_all_formats_with_int8_side_by_side_on_a_trained_model(tmp_path, tiny_da
     table = (tmp_path / "m_export.md").read_text()
     assert all(f"| {k} |" in table for k in keys) and (tmp_path / "m_export.png").stat().st_size > 0
     assert f"Measured on: {r.machine}." in table and r.machine == cpu_summary()
+    assert r.openvino_precision == ov.default_precision() and f"this CPU, {r.openvino_precision}," in table
     xml = (tmp_path / "m_int8_openvino_model" / "m.xml").read_text()
     assert "FakeQuantize" in xml or "FakeConvert" in xml, "the INT8 model holds no quantized ops"
 

@@ -144,7 +144,8 @@ def model_latency(model: torch.nn.Module, imgsz: int, runtime: str = "onnxruntim
         if runtime == "openvino":
             from yolo_distill.deploy.openvino import ov_runner
 
-            run = ov_runner(ultralytics_export(ckpt, Path(tmp) / "m_openvino_model", "openvino", imgsz), threads)
+            path = ultralytics_export(ckpt, Path(tmp) / "m_openvino_model", "openvino", imgsz)
+            run = ov_runner(path, threads, precision=None)  # as deployed: OpenVINO's default precision
         else:
             run = ort_runner(ultralytics_export(ckpt, Path(tmp) / "m.onnx", "onnx", imgsz), threads)
         return compare_runners({"m": run}, x, runs, 3)["m"]["median"]

@@ -47,18 +47,29 @@ def export_openvino(ckpt: Path, out: Path, imgsz: int, half: bool = False, int8:
     return ultralytics_export(ckpt, out, "openvino", imgsz, **kw)
 
 
-def ov_runner(model_dir: str | Path, threads: int = 2, precision: str = "f32") -> Callable[[np.ndarray], np.ndarray]:
+def default_precision() -> str:
+    """The precision OpenVINO computes float ops in on this CPU when not told otherwise (``bf16`` where the CPU has
+    AVX-512 BF16 or AMX, else ``f32``): what Ultralytics' OpenVINO backend, and so every OpenVINO mAP here, runs."""
+    import openvino as ov
+
+    return ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+
+
+def ov_runner(model_dir: str | Path, threads: int = 2,
+              precision: str | None = "f32") -> Callable[[np.ndarray], np.ndarray]:  # fmt: skip
     """A function running a ``(1, 3, H, W)`` float32 array through OpenVINO on the CPU; returns the raw output.
 
     ``precision`` is OpenVINO's inference precision hint: ``f32`` keeps an FP32 model in FP32 (some CPUs would
-    otherwise compute in bf16), which parity against PyTorch needs; INT8 models run their quantized ops either way.
+    otherwise compute in bf16), which parity against PyTorch needs; ``None`` leaves OpenVINO's default
+    (:func:`default_precision`), as deployed and as Ultralytics runs it. INT8 ops are INT8 either way.
     """
     import openvino as ov
 
     core = ov.Core()
     xml = next(Path(model_dir).glob("*.xml"))
-    config = {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY",
-              "INFERENCE_PRECISION_HINT": precision}  # fmt: skip
+    config = {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY"}
+    if precision is not None:
+        config["INFERENCE_PRECISION_HINT"] = precision
     compiled = core.compile_model(core.read_model(str(xml)), "CPU", config)
     request = compiled.create_infer_request()
 

@@ -54,8 +54,10 @@ class Target:
         outputs: the FP32 (or FP16) output and the INT8 output (``None``: no INT8) beside a checkpoint.
         export: writes the FP32/FP16 output; returns its path.
         quantize: writes the INT8 output from the job and the FP32 output; returns a calibration note or ``None``.
-        runner: ``(path, threads, end2end, fp16)`` -> a function from a ``(1, 3, H, W)`` float32 array to the raw
-            output, box coordinates in pixels as PyTorch's.
+        runner: ``(path, threads, end2end, fp16, deployed)`` -> a function from a ``(1, 3, H, W)`` float32 array to
+            the raw output, box coordinates in pixels as PyTorch's. ``deployed``: configured as the runtime runs it
+            by default (and as Ultralytics runs it), for latency; otherwise kept in the model's own precision, for
+            parity (OpenVINO otherwise computes float ops in bf16 on CPUs that have it).
         fields: the report's attributes for the output, its parity, the INT8 output and its parity.
         half: it has an FP16 file.
     """
@@ -98,7 +100,7 @@ def _onnx_quantize(job: Job, fp32: Path, out: Path) -> str:
     return quantize_int8(fp32, out, job.calib, overwrite=job.overwrite, method=job.calib_method)
 
 
-def _onnx_runner(path: Path, threads: int, end2end: bool, fp16: bool) -> Runner:
+def _onnx_runner(path: Path, threads: int, end2end: bool, fp16: bool, deployed: bool = False) -> Runner:
     run = ort_runner(path, threads)
     return lambda x: run(x)[0]
 
@@ -124,13 +126,15 @@ TARGETS: tuple[Target, ...] = (
            ("onnx", "parity", "int8_onnx", "int8_parity")),  # fmt: skip
     Target("openvino", "OpenVINO", ov, ov.output_dirs,
            lambda job, out: ov.export_openvino(job.ckpt, out, job.imgsz, half=job.half), _ov_quantize,
-           lambda p, threads, e2e, fp16: ov.ov_runner(p, threads), _prefixed("openvino")),  # fmt: skip
+           lambda p, threads, e2e, fp16, deployed=False: ov.ov_runner(p, threads, None if deployed else "f32"),
+           _prefixed("openvino")),  # fmt: skip
     Target("ncnn", "NCNN", ncnn, lambda c: (ncnn.output_dir(c), None),
            lambda job, out: ncnn.export_ncnn(job.ckpt, out, job.imgsz, half=job.half), None,
-           lambda p, threads, e2e, fp16: ncnn.ncnn_runner(p, threads, fp16=fp16), _prefixed("ncnn", int8=False)),
+           lambda p, threads, e2e, fp16, deployed=False: ncnn.ncnn_runner(p, threads, fp16=fp16),
+           _prefixed("ncnn", int8=False)),  # fmt: skip
     Target("litert", "LiteRT", litert, litert.output_paths,
            lambda job, out: litert.export_litert(job.ckpt, out, job.imgsz), _litert_quantize,
-           lambda p, threads, e2e, fp16: litert.litert_runner(p, threads, e2e), _prefixed("litert"),
+           lambda p, threads, e2e, fp16, deployed=False: litert.litert_runner(p, threads, e2e), _prefixed("litert"),
            half=False),  # fmt: skip
 )
 BY_KEY = {t.key: t for t in TARGETS}
