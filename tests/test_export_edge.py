@@ -162,7 +162,11 @@ def test_a_bench_export_row_with_format_all_reports_every_runtime(tmp_path, tiny
     assert all(v["map50_95"] is not None for k, v in res["runtimes"].items() if k != "torch_fp32")
     lines = report._runtime_lines(["edge"], [{"name": "edge", **res}])
     assert any(line.startswith("| edge | openvino_fp32 |") for line in lines)
-    assert f"Measured on: edge: {cpu_summary()}." in lines, "a cached row keeps the CPU it was timed on"
+    ov_note = f" (OpenVINO's default precision there: {ov.default_precision()})"
+    assert f"Measured on {cpu_summary()}{ov_note}: edge." in lines, "a cached row keeps the CPU it was timed on"
+    old = {"name": "old", "runtimes": res["runtimes"]}  # a row cached before the machine was kept
+    two = report._runtime_lines(["edge", "old"], [{"name": "edge", **res}, old])
+    assert f"Measured on {cpu_summary()}{ov_note}: edge." in two and "Measured on a machine not recorded: old." in two
     assert ckpt.read_bytes() == given and sorted(p.name for p in tmp_path.iterdir()) == ["bench", "m.pt"]
     with pytest.raises(ValueError, match="format must be onnx or all"):
         parse_row({"name": "e", "kind": "export", "from": "x.pt", "format": "tflite"}, "t", set())

@@ -81,7 +81,8 @@ def _runtime_lines(names: list[str], table: list[dict]) -> list[str]:
         r = next((r for r in table if r["name"] == n and r.get("runtimes")), None)
         if r is None:
             continue
-        machines[n] = r.get("machine") or "not recorded"
+        ov = f" (OpenVINO's default precision there: {r['openvino_precision']})" if r.get("openvino_precision") else ""
+        machines[n] = (r.get("machine") or "a machine not recorded") + ov
         if not lines:
             lines += ["", "Every runtime x precision of the export rows (latency of one row's models timed "
                       "interleaved; mAP50-95 of each model run by its own runtime):", "",
@@ -91,8 +92,12 @@ def _runtime_lines(names: list[str], table: list[dict]) -> list[str]:
             sp = f"{base / v['ms']:.2f}x" if base else "-"
             m = f"{v['map50_95']:.4f}" if v.get("map50_95") is not None else "-"
             lines.append(f"| {n} | {k} | {v['ms']:.2f} | {sp} | {m} |")
-    if machines:  # a cached row may come from another session's machine, and INT8 speed-ups depend on its CPU
-        lines += ["", "Measured on: " + "; ".join(f"{n}: {m}" for n, m in machines.items()) + "."]
+    if machines:
+        lines.append("")
+    by_machine: dict[str, list[str]] = {}
+    for n, m in machines.items():  # a cached row may come from another session's machine; INT8 speed depends on it
+        by_machine.setdefault(m, []).append(n)
+    lines += [f"Measured on {m}: {', '.join(ns)}." for m, ns in by_machine.items()]
     return lines
 
 

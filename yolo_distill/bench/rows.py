@@ -214,6 +214,8 @@ def export_row(row: Row, s: dict, checkpoint: str, out: Path) -> dict[str, Any]:
         rep = export_checkpoint(str(ckpt), imgsz=s.get("export_imgsz", s.get("imgsz", 256)), data=s["data"], runs=20,
                                 validate=row.kind == "export", int8=row.int8, format=row.format)  # fmt: skip
         lat, res["parity_ok"], res["machine"] = rep.latency_ms, True, rep.machine
+        if rep.openvino_precision:
+            res["openvino_precision"] = rep.openvino_precision
         res["onnx_map50_95"] = {k: v for k, v in rep.map50_95.items() if k.startswith("onnx")}
         if row.format == "all":  # every runtime x precision, timed side by side in one run
             res["runtimes"] = {k: {"ms": v["median"], "map50_95": rep.map50_95.get(k)} for k, v in lat.items()}
