@@ -8,7 +8,6 @@ import json
 import shutil
 
 import pytest
-import torch
 
 from tests.conftest import FAMILIES, SHIPPED_TEACHER
 from yolo_distill.api import export
@@ -38,29 +37,24 @@ def test_edge_parity_per_family(tmp_path, tiny_data, ckpt_factory, family, fmt, 
 
 
 @needs_litert
-def test_litert_int8_weight_ranges_are_not_stretched_by_one_outlier_weight(tmp_path, tiny_data, ckpt_factory):
-    """One weight 1000x its layer's others: with each channel's range set by its largest weight (min/max), that
-    channel's INT8 step would be 1000/127 and its other weights would all round to 0; the MSE rule clips it, so no
-    INT8 weight tensor's range reaches the outlier (on cpu-edge's YOLO11s at 640 px: 3.7 points lost with min/max
-    weights, 1.3 with MSE)."""
+def test_litert_int8_quantizes_the_convolutions_and_keeps_element_wise_ops_float(tmp_path, tiny_data, ckpt_factory):
+    """Convolutions outside the Detect head run INT8 (INT8 weights); SiLU (LOGISTIC x input), ADD and CONCATENATION
+    stay float: quantizing them too lost 3.7 points of mAP50-95 on cpu-edge's YOLO11s at 640 px, convolutions alone
+    none."""
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter
 
-    from yolo_distill.checkpoints import load_model, save_stock_checkpoint
-
-    model = load_model(ckpt_factory("yolo11n.yaml"))
-    with torch.no_grad():
-        w = model.model[3].conv.weight  # a backbone 3x3 conv, 64 in: 576 weights a channel (the head stays float)
-        outlier = 1000.0 * float(w.abs().max())
-        w[0, 0, 0, 0] = outlier
-    ckpt = save_stock_checkpoint(model, tmp_path / "m.pt")
+    ckpt = shutil.copy(ckpt_factory("yolo11n.yaml"), tmp_path / "m.pt")
     r = export(str(ckpt), format="litert", imgsz=64, data=str(tiny_data), int8=True, runs=2, validate=False,
                calib_images=4)  # fmt: skip
     interp = Interpreter(r.litert_int8)
-    ranges = [float(np.max(d["quantization_parameters"]["scales"])) * 127 for d in interp.get_tensor_details()
-              if d["dtype"] == np.int8 and len(d["quantization_parameters"]["scales"]) > 1]  # fmt: skip
-    assert len(ranges) > 10, "per-channel INT8 weight tensors expected"
-    assert max(ranges) < 0.5 * outlier, (max(ranges), outlier)
+    dtype = {t["index"]: t["dtype"] for t in interp.get_tensor_details()}
+    ops = interp._get_ops_details()
+    int8_convs = [op for op in ops if op["op_name"] == "CONV_2D" and dtype[op["inputs"][1]] == np.int8]
+    assert len(int8_convs) >= 20, f"only {len(int8_convs)} INT8 convolutions"
+    for name in ("LOGISTIC", "MUL", "ADD", "CONCATENATION"):
+        kinds = {dtype[i] for op in ops if op["op_name"] == name for i in op["inputs"] if i >= 0}
+        assert kinds and np.int8 not in kinds, (name, kinds)
 
 
 @needs_openvino

@@ -3,12 +3,13 @@
 
 Outputs sit beside the checkpoint as Ultralytics names them: ``CKPT.tflite`` (FP32) and ``CKPT_int8.tflite``, each
 with its metadata embedded, so ``YOLO("CKPT.tflite")`` predicts and validates it. INT8 is ``ai-edge-quantizer``'s
-static recipe (INT8 weights and activations, float graph input and output) applied to the FP32 file, calibrated on
-the same letterboxed images as ONNX Runtime's INT8, with the Detect head kept in float as there, and weight scales
-chosen by its MSE rule (a clipped range, 0.054 x the channel's RMS per step, instead of the channel's max: on
-cpu-edge's YOLO11s at 640 px min/max weights lost 3.7 points of mAP50-95, MSE weights 1.3); on the shipped
-YOLO11s at 256 px, quantizing the head too (Ultralytics' own ``int8`` LiteRT export) ran 1.6x faster again but lost
-2.3 points of mAP50-95 instead of 1.0. Box coordinates leave the
+static INT8 (weights per channel, activations calibrated by min/max on the same letterboxed images as ONNX Runtime's
+INT8) for the convolutions only, outside the Detect head; the activation functions and element-wise ops (SiLU's
+LOGISTIC and MUL, ADD, CONCATENATION, ...), the head and the graph's input and output stay float. Quantizing those
+too (the quantizer's whole-model recipe) ran 7 % faster on cpu-edge's YOLO11s at 640 px but lost 3.7 points of
+mAP50-95 (0.4136 against 0.4504 FP32); convolutions alone lost none (0.4549). On the shipped YOLO11s at 256 px,
+quantizing the head too (Ultralytics' own ``int8`` LiteRT export) ran 1.6x faster again than the whole-model recipe
+but lost 2.3 points of mAP50-95 instead of 1.0. Box coordinates leave the
 graph divided by the input size (so INT8 keeps the scores' resolution); :func:`litert_runner` scales them back, as
 Ultralytics' LiteRT backend does. FP16 is not a separate file in LiteRT (its GPU delegate runs an FP32 model in
 FP16), so ``half=True`` is refused for it.
@@ -57,19 +58,26 @@ def export_litert(ckpt: Path, out: Path, imgsz: int) -> Path:
     return ultralytics_export(ckpt, out, "litert", imgsz)
 
 
-#: ops left in float by :func:`quantize_litert`: everything under the Detect head (its convs and the box and score
-#: decoding) and the output scaling of Ultralytics' export wrapper (names are the modules' paths)
+#: ops left in float by :func:`quantize_litert` among those it quantizes: everything under the Detect head (its convs
+#: and the box and score decoding) and the output scaling of Ultralytics' export wrapper (names are module paths)
 FLOAT_OPS = r".*(Detect_\d+.*|_NormalizeCoords;\d+)$"
+#: the op types :func:`quantize_litert` runs in INT8 (every other op stays float)
+QUANTIZED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 
 
 def quantize_litert(fp32: Path, out: Path, calib: np.ndarray) -> Path:
-    """Static INT8 of the FP32 ``.tflite`` (weights with MSE-clipped ranges, activations with the min/max of
-    ``calib``, ``(N, 3, H, W)`` float32 images in [0, 1]), the Detect head and the graph's input and output kept in
-    float; the FP32 file's metadata is carried over. Written under a temporary name, then renamed to ``out``."""
-    from ai_edge_quantizer import qtyping, quantizer, recipe
+    """Static INT8 of the FP32 ``.tflite``'s convolutions (weights per channel, activations with the min/max of
+    ``calib``, ``(N, 3, H, W)`` float32 images in [0, 1]); element-wise ops, the Detect head and the graph's input and
+    output stay float (see the module docstring); the FP32 file's metadata is carried over. Written under a temporary
+    name, then renamed to ``out``."""
+    from ai_edge_quantizer import qtyping, quantizer, recipe, recipe_manager
 
     qt = quantizer.Quantizer(str(fp32))
-    qt.load_quantization_recipe(recipe.static_wi8_ai8(recipe.AlgorithmName.MSE))  # MSE weight ranges (see above)
+    convs = recipe_manager.RecipeManager()
+    for op in QUANTIZED_OPS:
+        convs.add_static_config(regex=".*", operation_name=getattr(qtyping.TFLOperationName, op),
+                                activation_num_bits=8, weight_num_bits=8)  # fmt: skip
+    qt.load_quantization_recipe(convs.get_quantization_recipe())
     keep = recipe.AlgorithmName.NO_QUANTIZE
     for op in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
         qt.update_quantization_recipe(regex=".*", operation_name=op, algorithm_key=keep)
