@@ -27,8 +27,12 @@ def resolve(v: Any, done: dict[str, dict]) -> Any:
 
 def run_name(row: Row, s: dict) -> str:
     """The row's run folder / output name: seeds other than 0 get their own (``NAME_seed1``), never a shared one."""
-    seed = int(s.get("seed", 0))
-    return row.name if seed == 0 else f"{row.name}_seed{seed}"
+    return seed_name(row.name, int(s.get("seed", 0)))
+
+
+def seed_name(name: str, seed: int) -> str:
+    """``name`` for seed 0, ``NAME_seedN`` for another seed (see :func:`run_name`)."""
+    return name if seed == 0 else f"{name}_seed{seed}"
 
 
 def common_args(s: dict, out: Path) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from yolo_distill.bench import cache, rows
+from yolo_distill.bench import side_by_side as sbs
 from yolo_distill.bench.jobs import run_jobs
 from yolo_distill.bench.report import write_report
 from yolo_distill.bench.spec import BenchRecipe, Row, load_bench_recipe
@@ -82,8 +83,6 @@ def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, s
     run_settings = {**settings, "data": resolve_data(settings["data"])}
     out_dir.mkdir(parents=True, exist_ok=True)
     if sbs_threads:
-        from yolo_distill.bench import side_by_side as sbs
-
         table = _run_rows(spec, settings, run_settings, reps, out_dir, True, None)
         sbs.measure(table, out_dir, int(settings.get("export_imgsz", settings.get("imgsz", 256))), sbs_threads)
         write_report(table, out_dir, spec.path.name)
@@ -102,10 +101,8 @@ def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, s
 
 def _side_by_side_threads(value: bool | list[int]) -> tuple[int, ...]:
     """The thread counts ``side_by_side=`` asks for (empty: none)."""
-    from yolo_distill.bench.side_by_side import THREADS
-
     if value is True:
-        return THREADS
+        return sbs.THREADS
     if value is False:
         return ()
     if isinstance(value, (list, tuple)) and value and all(

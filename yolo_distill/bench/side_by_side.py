@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from yolo_distill.bench.rows import seed_name
 from yolo_distill.checkpoints import write_text_atomic
 from yolo_distill.deploy.latency import compare_onnx, cpu_summary
 from yolo_distill.log import LOGGER
@@ -26,9 +27,8 @@ THREADS = (1, 2)
 
 def onnx_model(out_dir: Path, entry: dict) -> Path | None:
     """The ONNX FP32 model the row's export wrote (``exports/<row>[_seedN]/<checkpoint stem>.onnx``), if present."""
-    run = entry["name"] if int(entry.get("seed", 0)) == 0 else f"{entry['name']}_seed{entry['seed']}"
     ckpt = Path(str(entry.get("checkpoint", "")))
-    path = out_dir / "exports" / run / f"{ckpt.stem}.onnx"
+    path = out_dir / "exports" / seed_name(entry["name"], int(entry.get("seed", 0))) / f"{ckpt.stem}.onnx"
     return path if path.is_file() else None
 
 
@@ -57,7 +57,8 @@ def measure(table: list[dict], out_dir: Path, imgsz: int, threads: tuple[int, ..
     Raises:
         ValueError: when no finished row has an ONNX model in the bench folder (nothing to compare).
     """
-    models = {n: p for n, r in first_seeds(table).items() if (p := onnx_model(out_dir, r)) is not None}
+    firsts = first_seeds(table)
+    models = {n: p for n, r in firsts.items() if (p := onnx_model(out_dir, r)) is not None}
     if not models:
         raise ValueError(f"side_by_side: no finished row of {out_dir} has an ONNX model under exports/; run the rows "
                          f"first (each row's export writes one)")  # fmt: skip
@@ -67,7 +68,7 @@ def measure(table: list[dict], out_dir: Path, imgsz: int, threads: tuple[int, ..
         LOGGER.info("bench: side by side: %d ONNX models interleaved, %d thread(s)", len(models), t)
         stats = compare_onnx(list(models.values()), x, threads=t, runs=runs)
         ms[str(t)] = {n: {k: stats[str(p)][k] for k in ("median", "p90")} for n, p in models.items()}
-    keys = {n: first_seeds(table)[n].get("key") for n in models}
+    keys = {n: firsts[n].get("key") for n in models}
     result = {"machine": cpu_summary(), "imgsz": imgsz, "runs": runs, "keys": keys, "ms": ms}
     write_text_atomic(out_dir / FILE, json.dumps(result, indent=2))
     return result

@@ -22,7 +22,6 @@ from yolo_distill.config import require, require_int
 from yolo_distill.data.builtin import require_data
 from yolo_distill.data.images import dataset_images, letterbox_images
 from yolo_distill.deploy.latency import compare_runners, cpu_summary
-from yolo_distill.deploy.openvino import default_precision as ov_default_precision
 from yolo_distill.deploy.parity import Parity, ParityError, check_parity
 from yolo_distill.deploy.quantize import CALIBRATION
 from yolo_distill.deploy.targets import BY_KEY, TARGETS, Job, Runner, Target
@@ -184,7 +183,8 @@ def export_checkpoint(
         setattr(report, f_out, str(path))
         setattr(report, f_parity, check_parity(ref, run, batch, end2end, score_tol, box_tol, fp64_factory=fp64))
         models[f"{t.key}_{prec}"] = path
-        runners[f"{t.key}_{prec}"] = t.runner(path, threads, end2end, half, True)  # timed as deployed
+        apart = t.deployed_precision is not None  # timed in another configuration than parity's
+        runners[f"{t.key}_{prec}"] = t.runner(path, threads, end2end, half, True) if half or apart else run
         if int8 and t.quantize is not None:
             note = t.quantize(job, path, out_int8)
             if note is not None:
@@ -193,9 +193,9 @@ def export_checkpoint(
             setattr(report, f_int8, str(out_int8))  # INT8 against FP32 PyTorch: measured, not judged
             setattr(report, f_int8_parity, check_parity(ref, run8, batch, end2end, math.inf, math.inf))
             models[f"{t.key}_int8"] = out_int8
-            runners[f"{t.key}_int8"] = t.runner(out_int8, threads, end2end, False, True)
-        if t.key == "openvino":
-            report.openvino_precision = ov_default_precision()
+            runners[f"{t.key}_int8"] = t.runner(out_int8, threads, end2end, False, True) if apart else run8
+        if apart:  # OpenVINO, the one runtime timed in a precision of its own choosing
+            report.openvino_precision = t.deployed_precision()
     report.latency_ms = _latency(runners, ref, batch[:1], threads, runs)
     report.machine = cpu_summary()
     if validate and data:

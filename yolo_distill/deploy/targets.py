@@ -60,6 +60,9 @@ class Target:
             parity (OpenVINO otherwise computes float ops in bf16 on CPUs that have it).
         fields: the report's attributes for the output, its parity, the INT8 output and its parity.
         half: it has an FP16 file.
+        deployed_precision: for a runtime whose ``deployed`` runner differs from its parity runner (OpenVINO), a
+            function naming the precision it then computes float ops in on this CPU; ``None``: one runner serves
+            parity and latency.
     """
 
     key: str
@@ -68,9 +71,10 @@ class Target:
     outputs: Callable[[Path], tuple[Path, Path | None]]
     export: Callable[[Job, Path], Path]
     quantize: Callable[[Job, Path, Path], str | None] | None
-    runner: Callable[[Path, int, bool, bool], Runner]
+    runner: Callable[..., Runner]
     fields: tuple[str, str, str | None, str | None]
     half: bool = True
+    deployed_precision: Callable[[], str] | None = None
 
     def available(self) -> bool:
         """Whether its runtime is installed here."""
@@ -127,7 +131,7 @@ TARGETS: tuple[Target, ...] = (
     Target("openvino", "OpenVINO", ov, ov.output_dirs,
            lambda job, out: ov.export_openvino(job.ckpt, out, job.imgsz, half=job.half), _ov_quantize,
            lambda p, threads, e2e, fp16, deployed=False: ov.ov_runner(p, threads, None if deployed else "f32"),
-           _prefixed("openvino")),  # fmt: skip
+           _prefixed("openvino"), deployed_precision=ov.default_precision),  # fmt: skip
     Target("ncnn", "NCNN", ncnn, lambda c: (ncnn.output_dir(c), None),
            lambda job, out: ncnn.export_ncnn(job.ckpt, out, job.imgsz, half=job.half), None,
            lambda p, threads, e2e, fp16, deployed=False: ncnn.ncnn_runner(p, threads, fp16=fp16),
