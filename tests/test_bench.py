@@ -682,3 +682,42 @@ def test_pareto_keeps_the_rows_nothing_beats_on_both_cost_and_map():
     pts = {"a": (1.0, 0.2), "b": (2.0, 0.5), "c": (2.0, 0.4), "d": (3.0, 0.5), "e": (0.5, 0.1)}
     assert pareto(pts) == ["e", "a", "b"]
     assert pareto({"x": (1.0, 0.3), "y": (1.0, 0.3)}) == ["x", "y"], "equal rows do not remove each other"
+
+
+def test_rerun_computes_a_cached_row_again_and_nothing_else(tmp_path, monkeypatch):
+    """rerun= recomputes the named cached row (every seed) and replaces its result; a row it builds on whose
+    checkpoint is still there is reused, one whose checkpoint is gone is computed again; no other row runs."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "data: shapes-tiny\nseed: 0\nrows:\n"
+        "  - {name: teacher, kind: train, model: a.yaml}\n"
+        "  - {name: plain, kind: train, model: b.yaml}\n"
+        "  - {name: edge, kind: export, from: '@teacher', epochs: 0}\n"
+    )
+    calls, n = [], iter(range(100))
+
+    def fake(row, s, done, out):
+        calls.append(row.name)
+        ck = out / f"{row.name}.pt"
+        ck.write_bytes(b"x")
+        return {"name": row.name, "kind": row.kind, "checkpoint": str(ck), "map50_95": 0.1, "map50": 0.1,
+                "params": 1, "gflops": 1.0, "onnx_ms": float(next(n)), "seconds": 1.0}  # fmt: skip
+
+    monkeypatch.setattr(rows, "run_row", fake)
+    monkeypatch.setattr("yolo_distill.data.builtin.resolve_data", lambda d: d)
+    out = tmp_path / "b"
+    runner.run_bench(str(recipe), out=str(out), only="teacher,edge")
+    assert calls == ["teacher", "edge"]
+    first = {r["name"]: r["onnx_ms"] for r in runner.run_bench(str(recipe), out=str(out), report_only=True)["rows"]}
+    calls.clear()
+    res = runner.run_bench(str(recipe), out=str(out), rerun="edge")
+    assert calls == ["edge"], f"rerun=edge must compute edge alone (its teacher's checkpoint is there): {calls}"
+    again = {r["name"]: r["onnx_ms"] for r in res["rows"]}
+    assert again["edge"] != first["edge"] and again["teacher"] == first["teacher"], (first, again)
+    calls.clear()
+    (out / "teacher.pt").unlink()
+    runner.run_bench(str(recipe), out=str(out), rerun=["edge"])
+    assert calls == ["teacher", "edge"], f"a gone checkpoint of a row edge builds on is made again: {calls}"
+    for bad, match in (({"rerun": "nope"}, "rerun=\\['nope'\\]"), ({"rerun": "edge", "report_only": True}, "rerun")):
+        with pytest.raises(ValueError, match=match):
+            runner.run_bench(str(recipe), out=str(out), **bad)

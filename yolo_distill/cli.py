@@ -310,8 +310,9 @@ COMMANDS: dict[str, Command] = {
     "bench": Command(
         _bench,
         "yolo-distill bench recipe=cpu-small|PATH.yaml [out=bench/NAME] [repeats=1] [seed=0] [report_only=False]\n"
-        "                   [only=ROW,ROW] [jobs=1] [dry_run=False] [side_by_side=False]\n"
+        "                   [only=ROW,ROW] [rerun=ROW,ROW] [jobs=1] [dry_run=False] [side_by_side=False]\n"
         "Rows already finished (same spec, settings and version) are skipped; a killed bench continues.\n"
+        "rerun= computes those rows again although finished (an export row's latency on another machine).\n"
         "jobs=N runs N rows at once, each in its own process (logs in OUT/logs/); on a CPU each row trains with\n"
         "cpu_count-1 threads (at most 8), so jobs=2 uses both cores of a 2-core machine.\n"
         "A row may set its own repeats (more seeds for the rows whose difference matters).\n"

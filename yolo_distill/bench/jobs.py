@@ -11,7 +11,8 @@ from yolo_distill.bench.spec import Row
 from yolo_distill.log import LOGGER
 
 
-def run_jobs(recipe: Path, out_dir: Path, rows: list[Row], names: list[str], jobs: int, overrides: dict) -> list[str]:
+def run_jobs(recipe: Path, out_dir: Path, rows: list[Row], names: list[str], jobs: int, overrides: dict,
+             rerun: list[str] | None = None) -> list[str]:  # fmt: skip
     """Run the rows ``names`` as one-row bench processes (``python -m yolo_distill.bench``), up to ``jobs`` at once.
 
     A row starts once every row it refers to (``@row``) and that is among ``names`` has finished; one whose
@@ -39,7 +40,7 @@ def run_jobs(recipe: Path, out_dir: Path, rows: list[Row], names: list[str], job
                     todo.remove(r)
                 elif len(running) < jobs and deps[n] <= finished:
                     cmd = [sys.executable, "-m", "yolo_distill.bench", f"recipe={recipe}", f"out={out_dir}",
-                           f"only={n}", *args]  # fmt: skip
+                           f"only={n}", *args, *([f"rerun={n}"] if n in (rerun or []) else [])]  # fmt: skip
                     with open(logs / f"{n}.log", "w") as log:
                         running[n] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), time.time())
                     LOGGER.info("bench: started %s (log: %s)", n, log.name)

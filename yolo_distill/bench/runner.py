@@ -20,7 +20,8 @@ from yolo_distill.log import LOGGER
 
 def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, seed: int | None = None,
               device: str | None = None, report_only: bool = False, only: str | list[str] | None = None,
-              jobs: int = 1, dry_run: bool = False, side_by_side: bool | list[int] = False) -> dict:  # fmt: skip
+              jobs: int = 1, dry_run: bool = False, side_by_side: bool | list[int] = False,
+              rerun: str | list[str] | None = None) -> dict:  # fmt: skip
     """Run (or continue) a benchmark recipe and write ``report.md``, ``results.json`` and plots.
 
     Args:
@@ -41,6 +42,9 @@ def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, s
         side_by_side: run no row; time every finished row's ONNX model interleaved in one run (``True``: at 1 and 2
             threads; or a list of thread counts), keep it in ``side_by_side.json`` and write the report with that
             table and which row serves which goal. Run it on an idle machine once the rows are done.
+        rerun: rows (names, a list or comma-separated) to compute again, every seed, although cached (an export
+            row's latency on another machine, say); their new results replace the old. They run with the ``only``
+            rows and no others; the rows they build on are computed again only where their checkpoint is gone.
 
     Returns:
         ``{"rows": [...], "out": folder}``: one entry per finished row and seed.
@@ -64,11 +68,11 @@ def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, s
     if device is not None:
         settings["device"] = str(device)
     reps = int(repeats or spec.repeats)
-    if isinstance(only, str):
-        only = [n.strip() for n in only.split(",") if n.strip()]
-    unknown = sorted(set(only or []) - {r.name for r in spec.rows})
-    if unknown:
-        raise ValueError(f"only={unknown}: no such row in {spec.path.name}; rows: {[r.name for r in spec.rows]}")
+    only, rerun = _row_names(spec, "only", only), _row_names(spec, "rerun", rerun)
+    if rerun and (report_only or sbs_threads):
+        raise ValueError(f"rerun={rerun} runs rows; drop it, or drop report_only / side_by_side")
+    if rerun:
+        only = list(dict.fromkeys([*(only or []), *rerun]))
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1 (rows run at once), got {jobs!r}")
     out_dir = Path(out or Path("bench") / spec.path.stem)
@@ -89,14 +93,26 @@ def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, s
         return {"rows": table, "out": str(out_dir)}
     if jobs > 1 and not report_only:
         failed = run_jobs(spec.path, out_dir, spec.rows, only or [r.name for r in spec.rows], jobs,
-                          {"repeats": repeats, "seed": seed, "device": device})  # fmt: skip
+                          {"repeats": repeats, "seed": seed, "device": device}, rerun)  # fmt: skip
         res = run_bench(recipe, out=str(out_dir), repeats=repeats, seed=seed, device=device, report_only=True)
         if failed:
             raise RuntimeError(f"bench rows did not finish: {'; '.join(failed)}")
         return res
-    table = _run_rows(spec, settings, run_settings, reps, out_dir, report_only, only)
+    table = _run_rows(spec, settings, run_settings, reps, out_dir, report_only, only, rerun)
     write_report(table, out_dir, spec.path.name)
     return {"rows": table, "out": str(out_dir)}
+
+
+def _row_names(spec: BenchRecipe, key: str, value: str | list[str] | None) -> list[str] | None:
+    """``only=`` / ``rerun=`` as a list of the recipe's row names (comma-separated text accepted)."""
+    if value is None:
+        return None
+    names = [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else list(value)
+    unknown = sorted(set(names) - {r.name for r in spec.rows})
+    if unknown or not names:
+        raise ValueError(f"{key}={unknown or value!r}: no such row in {spec.path.name}; rows: "
+                         f"{[r.name for r in spec.rows]}")  # fmt: skip
+    return names
 
 
 def _side_by_side_threads(value: bool | list[int]) -> tuple[int, ...]:
@@ -144,20 +160,23 @@ def _to_compute(plan: list, results: dict, to_run: set[str]) -> set[str]:
 
 
 def _run_rows(spec: BenchRecipe, settings: dict, run_settings: dict, reps: int, out_dir: Path, report_only: bool,
-              only: list[str] | None) -> list[dict]:  # fmt: skip
-    """Every row and seed in order: run what is asked and missing, reuse a cached result, leave out the rest."""
+              only: list[str] | None, rerun: list[str] | None = None) -> list[dict]:  # fmt: skip
+    """Every row and seed in order: run what is asked and missing (or in ``rerun``), reuse a cached result, leave
+    out the rest."""
     res_file = out_dir / "results.json"
     results = cache.load(res_file)
     to_run = set() if report_only else {r.name for r in spec.rows if not only or r.name in only}
     plan = plan_rows(spec, settings, run_settings, reps)
-    compute = _to_compute(plan, results, to_run)
+    again = {k for row, _, k, _ in plan if row.name in (rerun or [])}
+    compute = _to_compute(plan, {k: v for k, v in results.items() if k not in again}, to_run)
     done: dict[str, dict] = {}  # the latest finished seed of each row, for "@row" references
     for row, s, k, _ in plan:
         if k in compute:
             missing = [f"@{n}" for n in row.refs() if n not in done]
             if missing:
                 raise ValueError(f"{row.name} needs {missing} finished first; add them to only= or drop only=")
-            why = "its checkpoint is gone, a row to run builds on it" if k in results else "running"
+            why = ("rerun asked" if k in again else "its checkpoint is gone, a row to run builds on it"
+                   if k in results else "running")  # fmt: skip
             LOGGER.info("bench: %s (seed %s): %s", row.name, s["seed"], why)
             results = cache.save(res_file, k, rows.run_row(row, s, done, out_dir))
         elif k in results:
