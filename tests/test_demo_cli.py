@@ -117,6 +117,40 @@ def test_generator_is_deterministic_and_varied(tmp_path):
     check_detection_dataset(a)
 
 
+
+def test_generation_is_all_or_nothing_and_safe_to_run_twice_at_once(tmp_path, monkeypatch):
+    """A generation killed half-way leaves no folder that later runs refuse ("not empty and holds no shapes
+    dataset"); two processes generating the same set at once (two bench rows on a fresh clone) both succeed."""
+    import subprocess
+    import sys
+
+    import yolo_distill.data.shapes as shapes
+
+    spec = ShapesSpec(n_train=3, n_val=2, imgsz=96)
+    calls = []
+
+    def dies_on_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return render(*a, **k)
+
+    render = shapes.render_image
+    monkeypatch.setattr(shapes, "render_image", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        generate_shapes(tmp_path / "d", spec)
+    assert not (tmp_path / "d").exists() and list(tmp_path.iterdir()) == [], list(tmp_path.iterdir())
+    monkeypatch.setattr(shapes, "render_image", render)
+    assert generate_shapes(tmp_path / "d", spec).is_file(), "after a killed run the next one generates it"
+    code = ("import sys; from yolo_distill.data.shapes import ShapesSpec, generate_shapes; "
+            "print(generate_shapes(sys.argv[1], ShapesSpec(n_train=40, n_val=10, imgsz=96)))")  # fmt: skip
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "two")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-500:] for o in outs]
+    assert len(list((tmp_path / "two" / "images" / "train").iterdir())) == 40
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["d", "two"], "no leftover work folder"
+
 def test_one_tint_draws_the_images_it_drew_before_tints_existed():
     """``tints=1`` (every built-in set but shapes-many) must keep its images byte for byte: the bench's datasets and
     cached results were made by the generator before ``tints`` existed (this digest was taken from that version)."""

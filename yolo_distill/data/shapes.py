@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -287,22 +289,48 @@ def generate_shapes(root: str | Path, spec: ShapesSpec | None = None, overwrite:
             )
     elif root.exists() and any(root.iterdir()) and not overwrite:
         raise FileExistsError(f"{root} is not empty and holds no shapes dataset; pick an empty or new folder")
+    # written in a hidden folder beside it and renamed into place when complete: a run killed while generating leaves
+    # no half dataset behind, and two runs generating the same set at once (two bench rows) both end with it
+    work = root.parent / f".{root.name}.generating-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    root.parent.mkdir(parents=True, exist_ok=True)
+
+    def finished_by_another() -> bool:
+        return spec_file.exists() and data_yaml.exists() and json.loads(spec_file.read_text()) == stamp
+
+    try:
+        _write(work, spec, stamp, root)
+        if finished_by_another():
+            return data_yaml
+        if root.exists():
+            shutil.rmtree(root)  # overwrite=True (checked above), or an empty folder
+        try:
+            work.replace(root)
+        except OSError:
+            if not finished_by_another():  # another process renamed its copy into place in between
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return data_yaml
+
+
+def _write(work: Path, spec: ShapesSpec, stamp: dict, root: Path) -> None:
+    """Render every image and label of ``spec`` into ``work``, with a data YAML whose ``path`` is ``root``."""
     for split, n in (("train", spec.n_train), ("val", spec.n_val)):
-        (root / "images" / split).mkdir(parents=True, exist_ok=True)
-        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        (work / "images" / split).mkdir(parents=True, exist_ok=True)
+        (work / "labels" / split).mkdir(parents=True, exist_ok=True)
         for i in range(n):
             rng = np.random.default_rng(_split_seed(spec, split, i))
             img, labels = render_image(spec, rng)
             stem = f"{split}_{i:05d}"
-            cv2.imwrite(str(root / "images" / split / f"{stem}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
+            cv2.imwrite(str(work / "images" / split / f"{stem}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
             lines = [f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}" for c, x, y, w, h in labels]
-            (root / "labels" / split / f"{stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+            (work / "labels" / split / f"{stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
     data = {
         "path": str(root),
         "train": "images/train",
         "val": "images/val",
         "names": dict(enumerate(class_names(spec))),
     }
-    data_yaml.write_text(yaml.safe_dump(data, sort_keys=False))
-    spec_file.write_text(json.dumps(stamp, indent=2))
-    return data_yaml
+    (work / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    (work / "spec.json").write_text(json.dumps(stamp, indent=2))
