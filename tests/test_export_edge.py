@@ -74,6 +74,16 @@ def test_openvino_is_checked_in_f32_and_timed_as_ultralytics_runs_it(tmp_path, t
     assert precisions == ["f32", None], precisions
     assert r.openvino_parity.ok and r.latency_ms["openvino_fp32"]["median"] > 0
     assert r.openvino_precision == ov.default_precision() in ("f32", "bf16", "f16")
+    # the runner reads its input in place (no copy per call) but hands back outputs of its own: a later call
+    # neither changes an earlier output nor the input
+    import numpy as np
+
+    run = real(tmp_path / "m_openvino_model")
+    a, b = np.random.default_rng(0).random((2, 1, 3, 64, 64), dtype=np.float32)
+    a_before, out_a = a.copy(), run(a)
+    kept = out_a.copy()
+    out_b = run(b)
+    assert np.array_equal(out_a, kept) and not np.array_equal(out_a, out_b) and np.array_equal(a, a_before)
 
 
 @needs_openvino

@@ -74,6 +74,8 @@ def ov_runner(model_dir: str | Path, threads: int = 2,
     request = compiled.create_infer_request()
 
     def run(x: np.ndarray) -> np.ndarray:
-        return np.asarray(request.infer([np.ascontiguousarray(x)])[0])
+        # share_inputs: OpenVINO reads the array in place, as ONNX Runtime does, instead of copying it per call
+        # (4.9 MB at 640 px: about 0.4 ms, 4 % of a YOLO11n INT8 run); the output is still copied out
+        return np.asarray(request.infer([np.ascontiguousarray(x)], share_inputs=True)[0])
 
     return run
