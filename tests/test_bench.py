@@ -674,6 +674,16 @@ def test_side_by_side_times_every_row_in_one_run_and_names_the_row_for_each_goal
     for bad in (0, [0], [1.5], "yes", []):
         with pytest.raises(ValueError, match="side_by_side=.* is not valid"):
             runner.run_bench(str(recipe), out=str(out), side_by_side=bad)
+    # a fresh clone has no exports (not in git): every row is timed from the timing copy it left, and named so
+    import shutil
+
+    assert len(list((out / "timing_models").glob("*.onnx.gz"))) == 3
+    shutil.rmtree(out / "exports")
+    runner.run_bench(str(recipe), out=str(out), side_by_side=True)
+    sbs = json.loads((out / "side_by_side.json").read_text())
+    assert sbs["timing_copies"] == ["big", "tiny", "worse"] and set(sbs["ms"]["1"]) == set(spec), sbs
+    assert sbs["ms"]["1"]["tiny"]["median"] < sbs["ms"]["1"]["big"]["median"], sbs["ms"]["1"]
+    assert "Timed from their timing copy" in (out / "report.md").read_text()
 
 
 def test_pareto_keeps_the_rows_nothing_beats_on_both_cost_and_map():
@@ -721,3 +731,36 @@ def test_rerun_computes_a_cached_row_again_and_nothing_else(tmp_path, monkeypatc
     for bad, match in (({"rerun": "nope"}, "rerun=\\['nope'\\]"), ({"rerun": "edge", "report_only": True}, "rerun")):
         with pytest.raises(ValueError, match=match):
             runner.run_bench(str(recipe), out=str(out), **bad)
+
+
+def test_a_timing_copy_is_the_same_graph_with_its_conv_weights_zeroed(tmp_path, ckpt_factory):
+    """What side_by_side times when a row's model is gone: every node, input and constant as in the model, the
+    convolutions' weights and biases zero (so it gzips to KBs), every other constant (shapes, anchors) unchanged;
+    it runs and gives outputs of the model's shape."""
+    import gzip
+
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from yolo_distill.deploy.exporter import ultralytics_export
+    from yolo_distill.deploy.latency import open_timing_copy, ort_runner, write_timing_copy
+
+    src = ultralytics_export(ckpt_factory("yolo11n.yaml"), tmp_path / "m.onnx", "onnx", 64)
+    gz = write_timing_copy(src, tmp_path / "keep" / "m.onnx.gz")
+    assert gz.stat().st_size < src.stat().st_size / 20, (gz.stat().st_size, src.stat().st_size)
+    a, b = onnx.load(str(src)), onnx.load(str(open_timing_copy(gz, tmp_path / "open")))
+    assert [(n.op_type, list(n.input)) for n in a.graph.node] == [(n.op_type, list(n.input)) for n in b.graph.node]
+    weights = {n.input[i] for n in a.graph.node if n.op_type == "Conv" for i in (1, 2) if i < len(n.input)}
+    ia = {t.name: numpy_helper.to_array(t) for t in a.graph.initializer}
+    ib = {t.name: numpy_helper.to_array(t) for t in b.graph.initializer}
+    assert ia.keys() == ib.keys() and len(weights) > 50 and sum(ia[w].any() for w in weights) > 50
+    for name, arr in ia.items():
+        assert ib[name].shape == arr.shape and ib[name].dtype == arr.dtype, name
+        if name in weights:
+            assert not ib[name].any(), name
+        else:
+            assert np.array_equal(ib[name], arr), f"{name} is no weight and must be kept"
+    x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
+    assert ort_runner(tmp_path / "open" / "m.onnx", 1)(x)[0].shape == ort_runner(src, 1)(x)[0].shape
+    assert gzip.decompress(gz.read_bytes()) == b.SerializeToString()

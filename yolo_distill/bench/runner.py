@@ -187,6 +187,8 @@ def _run_rows(spec: BenchRecipe, settings: dict, run_settings: dict, reps: int, 
         else:
             LOGGER.info("bench: %s (seed %s) not run yet: left out of the report", row.name, s["seed"])
             continue
+        # for side_by_side in a checkout without this row's exports
+        sbs.keep_timing_copy(out_dir, k, {**results[k], "name": row.name, "seed": s["seed"]})
         done[row.name] = results[k]
         # after every row, from everything finished (later rows and seeds included): a killed bench's report still
         # shows every result it has, each row's seeds averaged as in a complete run

