@@ -764,3 +764,32 @@ def test_a_timing_copy_is_the_same_graph_with_its_conv_weights_zeroed(tmp_path, 
     x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
     assert ort_runner(tmp_path / "open" / "m.onnx", 1)(x)[0].shape == ort_runner(src, 1)(x)[0].shape
     assert gzip.decompress(gz.read_bytes()) == b.SerializeToString()
+
+
+def test_side_by_side_rebuilds_the_shapes_of_a_compressed_row_whose_model_is_gone(tmp_path, monkeypatch, ckpt_factory,
+                                                                                  tiny_data):  # fmt: skip
+    """A prune row that finished in another checkout (no exports, no timing copy) is pruned again from its source
+    without fine-tuning and timed from that copy; a rebuild whose parameter count differs from the row's is refused."""
+    from yolo_distill.checkpoints import load_model
+    from yolo_distill.compress.pruner import model_stats
+
+    src = ckpt_factory("yolo11n.yaml")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"data: {tiny_data}\nimgsz: 64\nexport_imgsz: 64\nrows:\n"
+                      f"  - {{name: half, kind: prune, from: {src}, ratio: 0.5}}\n"
+                      f"  - {{name: other, kind: prune, from: {src}, ratio: 0.3}}\n")  # fmt: skip
+
+    def fake(row, s, done, out):  # a finished row as a fresh clone has it: a result, no run folder, no exports
+        ck = rows.prune_row(row, s, str(src), out / "elsewhere", 64)
+        params = model_stats(load_model(ck), 64)["params"] + (1 if row.name == "other" else 0)
+        return {"name": row.name, "kind": "prune", "checkpoint": str(out / "gone.pt"), "map50_95": 0.1,
+                "map50": 0.2, "params": params, "gflops": 1.0, "onnx_ms": 1.0, "seconds": 1.0}  # fmt: skip
+
+    monkeypatch.setattr(rows, "run_row", fake)
+    out = tmp_path / "b"
+    runner.run_bench(str(recipe), out=str(out))
+    assert not (out / "timing_models").exists()
+    runner.run_bench(str(recipe), out=str(out), side_by_side=[1])
+    sbs = json.loads((out / "side_by_side.json").read_text())
+    assert set(sbs["ms"]["1"]) == {"half"} and sbs["timing_copies"] == ["half"], sbs
+    assert len(list((out / "timing_models").glob("*.onnx.gz"))) == 1

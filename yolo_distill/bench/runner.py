@@ -88,6 +88,7 @@ def run_bench(recipe: str, out: str | None = None, repeats: int | None = None, s
     out_dir.mkdir(parents=True, exist_ok=True)
     if sbs_threads:
         table = _run_rows(spec, settings, run_settings, reps, out_dir, True, None)
+        sbs.rebuild_timing_copies(plan_rows(spec, settings, run_settings, reps), table, out_dir)
         sbs.measure(table, out_dir, int(settings.get("export_imgsz", settings.get("imgsz", 256))), sbs_threads)
         write_report(table, out_dir, spec.path.name)
         return {"rows": table, "out": str(out_dir)}

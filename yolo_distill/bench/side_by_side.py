@@ -51,6 +51,52 @@ def keep_timing_copy(out_dir: Path, key: str, entry: dict) -> None:
         write_timing_copy(src, dst)
 
 
+#: row kinds whose model's shapes the bench can rebuild without training (the compression step alone)
+REBUILDABLE = ("prune", "carve", "lowrank")
+
+
+def rebuild_timing_copies(plan: list, table: list[dict], out_dir: Path) -> list[str]:
+    """Write the timing copy of each finished row (first seed) that has neither its ONNX model nor a copy here (it
+    finished in another checkout, before rows kept copies) by rebuilding its model's shapes: a ``prune``, ``carve``
+    or ``lowrank`` row's compression step run again on its source, without fine-tuning (fine-tuning changes weights,
+    which the copy zeroes, not shapes). A rebuild whose parameter count differs from the row's is not used.
+
+    Returns:
+        The rows rebuilt.
+    """
+    import tempfile
+
+    from yolo_distill.bench import rows as bench_rows
+    from yolo_distill.compress.pruner import model_stats
+    from yolo_distill.deploy.exporter import ultralytics_export
+
+    build = {"prune": bench_rows.prune_row, "carve": bench_rows.carve_row, "lowrank": bench_rows.lowrank_row}
+    firsts, rebuilt = first_seeds(table), []
+    for row, s, key, _ in plan:
+        entry = firsts.get(row.name)
+        if entry is None or entry.get("key") != key:
+            continue
+        if onnx_model(out_dir, entry) or timing_copy(out_dir, key).is_file():
+            continue
+        if row.kind not in REBUILDABLE or row.refs() or not Path(str(row.start)).is_file():
+            LOGGER.warning("bench: side by side: %s has no ONNX model or timing copy here, and its shapes cannot be "
+                           "rebuilt without training (rerun=%s makes one)", row.name, row.name)  # fmt: skip
+            continue
+        imgsz = s.get("imgsz", 256)
+        with tempfile.TemporaryDirectory(prefix="yd_rebuild_") as tmp:
+            ckpt = build[row.kind](row, s, str(row.start), Path(tmp), imgsz)
+            params = model_stats(bench_rows.load_model(ckpt), imgsz)["params"]
+            if params != entry["params"]:
+                LOGGER.warning("bench: side by side: %s rebuilt with %d parameters, not the row's %d: not timed",
+                               row.name, params, entry["params"])  # fmt: skip
+                continue
+            onnx = ultralytics_export(Path(ckpt), Path(tmp) / "m.onnx", "onnx", s.get("export_imgsz", imgsz))
+            write_timing_copy(onnx, timing_copy(out_dir, key))
+        LOGGER.info("bench: side by side: %s rebuilt without fine-tuning for its timing copy", row.name)
+        rebuilt.append(row.name)
+    return rebuilt
+
+
 def first_seeds(table: list[dict]) -> dict[str, dict]:
     """Each row's first finished seed (what the report's single-seed columns show)."""
     out: dict[str, dict] = {}
