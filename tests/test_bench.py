@@ -777,10 +777,11 @@ def test_side_by_side_rebuilds_the_shapes_of_a_compressed_row_whose_model_is_gon
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"data: {tiny_data}\nimgsz: 64\nexport_imgsz: 64\nrows:\n"
                       f"  - {{name: half, kind: prune, from: {src}, ratio: 0.5}}\n"
-                      f"  - {{name: other, kind: prune, from: {src}, ratio: 0.3}}\n")  # fmt: skip
+                      f"  - {{name: other, kind: prune, from: {src}, ratio: 0.3}}\n"
+                      f"  - {{name: source, kind: export, from: {src}, epochs: 0}}\n")  # fmt: skip
 
     def fake(row, s, done, out):  # a finished row as a fresh clone has it: a result, no run folder, no exports
-        ck = rows.prune_row(row, s, str(src), out / "elsewhere", 64)
+        ck = str(src) if row.kind == "export" else rows.prune_row(row, s, str(src), out / "elsewhere", 64)
         params = model_stats(load_model(ck), 64)["params"] + (1 if row.name == "other" else 0)
         return {"name": row.name, "kind": "prune", "checkpoint": str(out / "gone.pt"), "map50_95": 0.1,
                 "map50": 0.2, "params": params, "gflops": 1.0, "onnx_ms": 1.0, "seconds": 1.0}  # fmt: skip
@@ -791,5 +792,5 @@ def test_side_by_side_rebuilds_the_shapes_of_a_compressed_row_whose_model_is_gon
     assert not (out / "timing_models").exists()
     runner.run_bench(str(recipe), out=str(out), side_by_side=[1])
     sbs = json.loads((out / "side_by_side.json").read_text())
-    assert set(sbs["ms"]["1"]) == {"half"} and sbs["timing_copies"] == ["half"], sbs
-    assert len(list((out / "timing_models").glob("*.onnx.gz"))) == 1
+    assert set(sbs["ms"]["1"]) == {"half", "source"} and sbs["timing_copies"] == ["half", "source"], sbs
+    assert len(list((out / "timing_models").glob("*.onnx.gz"))) == 2

@@ -51,15 +51,17 @@ def keep_timing_copy(out_dir: Path, key: str, entry: dict) -> None:
         write_timing_copy(src, dst)
 
 
-#: row kinds whose model's shapes the bench can rebuild without training (the compression step alone)
-REBUILDABLE = ("prune", "carve", "lowrank")
+#: row kinds whose model's shapes the bench can rebuild without training (the compression step alone, or for an
+#: export row its checkpoint itself)
+REBUILDABLE = ("prune", "carve", "lowrank", "export")
 
 
 def rebuild_timing_copies(plan: list, table: list[dict], out_dir: Path) -> list[str]:
     """Write the timing copy of each finished row (first seed) that has neither its ONNX model nor a copy here (it
     finished in another checkout, before rows kept copies) by rebuilding its model's shapes: a ``prune``, ``carve``
     or ``lowrank`` row's compression step run again on its source, without fine-tuning (fine-tuning changes weights,
-    which the copy zeroes, not shapes). A rebuild whose parameter count differs from the row's is not used.
+    which the copy zeroes, not shapes), or an ``export`` row's checkpoint itself. A rebuild whose parameter count
+    differs from the row's is not used.
 
     Returns:
         The rows rebuilt.
@@ -70,7 +72,8 @@ def rebuild_timing_copies(plan: list, table: list[dict], out_dir: Path) -> list[
     from yolo_distill.compress.pruner import model_stats
     from yolo_distill.deploy.exporter import ultralytics_export
 
-    build = {"prune": bench_rows.prune_row, "carve": bench_rows.carve_row, "lowrank": bench_rows.lowrank_row}
+    build = {"prune": bench_rows.prune_row, "carve": bench_rows.carve_row, "lowrank": bench_rows.lowrank_row,
+             "export": lambda row, s, model, out, imgsz: model}  # fmt: skip
     firsts, rebuilt = first_seeds(table), []
     for row, s, key, _ in plan:
         entry = firsts.get(row.name)
