@@ -90,8 +90,12 @@ def ort_runner(path: str | Path, threads: int = 2) -> Callable[[np.ndarray], lis
     return lambda x: sess.run(None, {name: x})
 
 
-#: timed runs of one model in a row within a round of :func:`compare_runners` (after one untimed run)
-BLOCK = 5
+#: timed runs of one model in a row within a round of :func:`compare_runners` (after one untimed run). The hand-over
+#: from the previous model can outlast several short runs: ONNX Runtime's default thread pools spin after each run,
+#: so at 2 threads on a 2-core CPU eight models of 5-17 ms timed in blocks of 5 gave medians 20-50 % off and
+#: unstable from one measurement to the next (the same shapes twice: 6.1 and 9.7 ms); in blocks of 20 every median
+#: stayed within 3 % of the model timed alone, repeat after repeat (AMD EPYC, idle, 2026-12-01).
+BLOCK = 20
 
 
 def compare_runners(runners: dict[str, Callable[[np.ndarray], object]], x: np.ndarray, runs: int = 50,
@@ -102,8 +106,8 @@ def compare_runners(runners: dict[str, Callable[[np.ndarray], object]], x: np.nd
     In each round every model runs once untimed, then ``block`` timed runs in a row. A run that directly follows
     another model's is slowed by that model's threads still spinning or winding down (ONNX Runtime's, OpenMP's):
     timed one run of each in turn, a YOLO11n's ONNX Runtime FP32 run measured 53 ms where alone it takes 29-31 ms,
-    and two ONNX models' ratio shrank from 2.7x to 1.9x. The untimed run absorbs that hand-over; rounds keep the
-    interleaving that makes ratios hold under load.
+    and two ONNX models' ratio shrank from 2.7x to 1.9x. The untimed run and a long enough block (:data:`BLOCK`)
+    absorb that hand-over; rounds keep the interleaving that makes ratios hold under load.
     """
     if not isinstance(block, int) or isinstance(block, bool) or block < 1:
         raise ValueError(f"block={block!r} is not valid: expected an integer >= 1 (timed runs in a row)")
