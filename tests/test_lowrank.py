@@ -80,6 +80,8 @@ def test_checkpoint_is_stock_and_fine_tunes_with_kd_keeping_its_factors(tmp_path
     res = _clean_load(tmp_path / "f.pt", tiny_data)  # predict + val (which fuses) in a process without us
     assert res["yd"] is False and set(res["mods"]) <= {"ultralytics", "torch"}
     fact = load_model(tmp_path / "f.pt")
+    n = sum(p.numel() for p in fact.parameters())  # fp16 on disk: about 2 bytes a parameter, nothing else pickled
+    assert (tmp_path / "f.pt").stat().st_size < 2 * n + 400_000, ((tmp_path / "f.pt").stat().st_size, n)
     tr = DistillationTrainer(overrides=dict(model=str(tmp_path / "f.pt"), data=str(tiny_data), teacher=str(src),
                                             recipe="default", **train_args(tmp_path, nbs=4)))  # fmt: skip
     tr.train()

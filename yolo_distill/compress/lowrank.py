@@ -162,7 +162,7 @@ def _factor(lay: _Layer, r: int) -> nn.Sequential:
     m.conv = second
     seq = nn.Sequential(first, m)
     for a in _LAYER_ATTRS:  # a top-level layer: the model's forward reads these on it
-        if hasattr(lay.module, a):
+        if a in vars(lay.module):  # Ultralytics' own attributes (not nn.Module.type, a method bound to the old conv)
             setattr(seq, a, getattr(lay.module, a))
     return seq
 
