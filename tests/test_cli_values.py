@@ -36,7 +36,7 @@ BENCH = {
     "recipe": ("nope", "no bench recipe named 'nope'"), "out": ("{ckpt}", "out="), "repeats": ("0", "repeats=0"),
     "seed": ("-1", "seed=-1"), "report_only": ("x", "report_only='x'"), "only": ("nope", "only=['nope']"),
     "jobs": ("0", "jobs must be"), "device": ("[1]", "device=[1]"), "dry_run": ("x", "dry_run='x'"),
-    "side_by_side": ("[0]", "side_by_side=[0]"),
+    "side_by_side": ("[0]", "side_by_side=[0]"), "rerun": ("nope", "rerun=['nope']"),
 }  # fmt: skip
 DEMO = {
     "data": ("{tmp}/none.yaml", "data="), "epochs": ("0", "epochs=0"), "teacher_epochs": ("0", "teacher_epochs=0"),
