@@ -140,6 +140,13 @@ def carve_row(row: Row, s: dict, model: str, out: Path, imgsz: int) -> str:
     return str(dst)
 
 
+def compress_step(row: Row, s: dict, model: str, out: Path, imgsz: int) -> str:
+    """A ``prune``, ``carve`` or ``lowrank`` row's compressed checkpoint of ``model`` (before any fine-tuning);
+    ``model`` itself for the other kinds."""
+    step = {"prune": prune_row, "carve": carve_row, "lowrank": lowrank_row}.get(row.kind)
+    return step(row, s, model, out, imgsz) if step else model
+
+
 def run_row(row: Row, s: dict, done: dict[str, dict], out: Path) -> dict:
     """Run one row with settings ``s`` (one seed) and measure it; ``done`` holds the finished rows it refers to."""
     from yolo_distill.compress.pruner import model_stats
@@ -147,13 +154,7 @@ def run_row(row: Row, s: dict, done: dict[str, dict], out: Path) -> dict:
     common = common_args(s, out)
     t0 = time.time()
     res: dict[str, Any] = {"name": row.name, "kind": row.kind}
-    model = resolve(row.start, done)
-    if row.kind == "prune":
-        model = prune_row(row, s, model, out, common["imgsz"])
-    elif row.kind == "carve":
-        model = carve_row(row, s, model, out, common["imgsz"])
-    elif row.kind == "lowrank":
-        model = lowrank_row(row, s, model, out, common["imgsz"])
+    model = compress_step(row, s, resolve(row.start, done), out, common["imgsz"])
     epochs = row.epochs if row.epochs is not None else s.get("epochs", 10)
 
     def val(ckpt: str | Path) -> dict:

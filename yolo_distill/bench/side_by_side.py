@@ -68,12 +68,11 @@ def rebuild_timing_copies(plan: list, table: list[dict], out_dir: Path) -> list[
     """
     import tempfile
 
-    from yolo_distill.bench import rows as bench_rows
+    from yolo_distill.bench.rows import compress_step
+    from yolo_distill.checkpoints import load_model
     from yolo_distill.compress.pruner import model_stats
     from yolo_distill.deploy.exporter import ultralytics_export
 
-    build = {"prune": bench_rows.prune_row, "carve": bench_rows.carve_row, "lowrank": bench_rows.lowrank_row,
-             "export": lambda row, s, model, out, imgsz: model}  # fmt: skip
     firsts, rebuilt = first_seeds(table), []
     for row, s, key, _ in plan:
         entry = firsts.get(row.name)
@@ -87,8 +86,8 @@ def rebuild_timing_copies(plan: list, table: list[dict], out_dir: Path) -> list[
             continue
         imgsz = s.get("imgsz", 256)
         with tempfile.TemporaryDirectory(prefix="yd_rebuild_") as tmp:
-            ckpt = build[row.kind](row, s, str(row.start), Path(tmp), imgsz)
-            params = model_stats(bench_rows.load_model(ckpt), imgsz)["params"]
+            ckpt = compress_step(row, s, str(row.start), Path(tmp), imgsz)
+            params = model_stats(load_model(ckpt), imgsz)["params"]
             if params != entry["params"]:
                 LOGGER.warning("bench: side by side: %s rebuilt with %d parameters, not the row's %d: not timed",
                                row.name, params, entry["params"])  # fmt: skip

@@ -280,9 +280,13 @@ def generate_shapes(root: str | Path, spec: ShapesSpec | None = None, overwrite:
     if spec.tints == 1:  # likewise
         del stamp["tints"]
     spec_file, data_yaml = root / "spec.json", root / "data.yaml"
+
+    def holds_it() -> bool:  # root holds this very dataset, complete
+        return spec_file.exists() and data_yaml.exists() and json.loads(spec_file.read_text()) == stamp
+
+    if holds_it():
+        return data_yaml
     if spec_file.exists() and data_yaml.exists():
-        if json.loads(spec_file.read_text()) == stamp:
-            return data_yaml
         if not overwrite:
             raise FileExistsError(
                 f"{root} already holds a shapes dataset with another spec; pick another folder or pass overwrite=True"
@@ -294,20 +298,16 @@ def generate_shapes(root: str | Path, spec: ShapesSpec | None = None, overwrite:
     work = root.parent / f".{root.name}.generating-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     root.parent.mkdir(parents=True, exist_ok=True)
-
-    def finished_by_another() -> bool:
-        return spec_file.exists() and data_yaml.exists() and json.loads(spec_file.read_text()) == stamp
-
     try:
         _write(work, spec, stamp, root)
-        if finished_by_another():
+        if holds_it():  # another process finished the same set meanwhile
             return data_yaml
         if root.exists():
             shutil.rmtree(root)  # overwrite=True (checked above), or an empty folder
         try:
             work.replace(root)
         except OSError:
-            if not finished_by_another():  # another process renamed its copy into place in between
+            if not holds_it():  # another process renamed its copy into place in between
                 raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
