@@ -75,8 +75,15 @@ def test_bad_carving_requests_are_refused_before_anything_is_written(tmp_path, c
             carve(str(src), **kw)
     n = tmp_path / "n.pt"
     n.write_bytes(ckpt_factory("yolo11n.yaml").read_bytes())
-    with pytest.raises(ValueError, match="wider than the source"):
-        carve(str(n), "yolo11s.yaml", out=str(tmp_path / "ns.pt"))
+    for bigger in ("yolo11s.yaml", "yolo11m.yaml"):  # wider, and wider with other blocks: the size is named first
+        with pytest.raises(ValueError, match=rf"target={bigger} \(.*M parameters\) is larger than the source"):
+            carve(str(n), bigger, out=str(tmp_path / "ns.pt"))
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_distill.compress.carve import carve_plan
+
+    with pytest.raises(ValueError, match="wider than the source"):  # the per-layer check behind it
+        carve_plan(*(DetectionModel(y, nc=8, verbose=False) for y in ("yolo11n.yaml", "yolo11s.yaml")))
     m = tmp_path / "m.pt"
     m.write_bytes(ckpt_factory("yolo11m.yaml").read_bytes())
     with pytest.raises(ValueError, match="holds C3k blocks in the source and Bottleneck in the target"):

@@ -140,6 +140,13 @@ def carve_model(source: nn.Module, target_yaml: str, method: str = "l1") -> tupl
         )
     nc = int(source.model[-1].nc)
     target = DetectionModel(target_yaml, nc=nc, verbose=False)
+    n_s, n_t = (sum(p.numel() for p in m.parameters()) for m in (source, target))
+    if n_t > n_s:  # before the block-by-block checks, whose messages would name a symptom (other blocks, width)
+        raise ValueError(
+            f"target={target_yaml} ({n_t / 1e6:.2f}M parameters) is larger than the source "
+            f"{src_yaml or ''} ({n_s / 1e6:.2f}M): carving cuts a smaller model out of a larger one; pick a smaller "
+            f"target of the family (e.g. {_family(target_yaml)}s -> {_family(target_yaml)}n)"
+        )
     from ultralytics.nn.modules.block import Attention
 
     source, depth = carve_depth(source, target)  # a copy: the caller's model is never changed
