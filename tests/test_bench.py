@@ -692,6 +692,10 @@ def test_pareto_keeps_the_rows_nothing_beats_on_both_cost_and_map():
     pts = {"a": (1.0, 0.2), "b": (2.0, 0.5), "c": (2.0, 0.4), "d": (3.0, 0.5), "e": (0.5, 0.1)}
     assert pareto(pts) == ["e", "a", "b"]
     assert pareto({"x": (1.0, 0.3), "y": (1.0, 0.3)}) == ["x", "y"], "equal rows do not remove each other"
+    same_shapes = {"zeros": (16.95, 0.49), "dense": (17.04, 0.57), "small": (6.0, 0.41)}  # 0.5 % apart: timer noise
+    assert pareto(same_shapes) == ["small", "zeros", "dense"]
+    assert pareto(same_shapes, tol=0.03) == ["small", "dense"], "a latency tie goes to the higher mAP"
+    assert pareto({"x": (1.0, 0.3), "y": (1.02, 0.3)}, tol=0.03) == ["x", "y"], "tied on both: neither removed"
 
 
 def test_rerun_computes_a_cached_row_again_and_nothing_else(tmp_path, monkeypatch):

@@ -30,6 +30,7 @@ FILE = "side_by_side.json"
 TIMING = "timing_models"
 #: thread counts timed when ``side_by_side=True``
 THREADS = (1, 2)
+LATENCY_TIE = 0.03  # repeated side-by-side medians of one model differ by up to about this
 
 
 def onnx_model(out_dir: Path, entry: dict) -> Path | None:
@@ -164,12 +165,13 @@ def load(out_dir: Path, table: list[dict]) -> dict | None:
     return sbs
 
 
-def pareto(points: dict[str, tuple[float, float]]) -> list[str]:
+def pareto(points: dict[str, tuple[float, float]], tol: float = 0.0) -> list[str]:
     """The rows no other row beats: ``points`` maps a row to (cost, mAP); a row is left out when another has a cost
-    no higher and a mAP no lower, one of them strictly. Sorted by cost."""
+    no higher and a mAP no lower, one of them strictly. Costs within ``tol`` (relative) of each other count as equal,
+    so a timer's noise between models of the same shapes cannot make one of them a winner. Sorted by cost."""
 
     def beaten(c: float, m: float) -> bool:
-        return any(c2 <= c and m2 >= m and (c2 < c or m2 > m) for c2, m2 in points.values())
+        return any(c2 <= c * (1 + tol) and m2 >= m and (c2 < c * (1 - tol) or m2 > m) for c2, m2 in points.values())
 
     front = [n for n, (c, m) in points.items() if not beaten(c, m)]
     return sorted(front, key=lambda n: points[n][0])
@@ -197,13 +199,16 @@ def lines(sbs: dict, table: list[dict]) -> list[str]:
         size = " | ".join(f"{r[k]:.2f}" if r.get(k) is not None else "-" for k in ("size_mb", "gzip_mb"))
         out.append(f"| {n} | {r['params']:,} | {nz} | {r['gflops']:.2f} | {size} | {cells} | {r['map50_95']:.4f} |")
     goals = [("a smaller file (gzip MB)", {n: (rows[n]["gzip_mb"], rows[n]["map50_95"]) for n in names
-                                            if rows[n].get("gzip_mb") is not None})]  # fmt: skip
+                                            if rows[n].get("gzip_mb") is not None}, 0.0)]  # fmt: skip
     goals += [(f"a faster CPU, {t} thread(s) (ONNX Runtime ms)",
-               {n: (sbs["ms"][t][n]["median"], rows[n]["map50_95"]) for n in names}) for t in threads]  # fmt: skip
+               {n: (sbs["ms"][t][n]["median"], rows[n]["map50_95"]) for n in names}, LATENCY_TIE)
+              for t in threads]  # fmt: skip
     out += ["", "Which row for which goal: the rows that no other row beats on both the goal and mAP50-95 (cheapest "
-                "first); any row not listed is worse on both than one that is.", ""]  # fmt: skip
-    for goal, points in goals:
-        front = pareto(points)
+                "first); any row not listed is worse on both than one that is. Latencies within "
+                f"{LATENCY_TIE:.0%} of each other count as equal (what repeated measurements of one model differ by).",
+            ""]  # fmt: skip
+    for goal, points, tol in goals:
+        front = pareto(points, tol)
         out.append(f"- {goal}: " + ", ".join(f"{n} ({points[n][0]:.2f}, {points[n][1]:.4f})" for n in front))
     return out
 
