@@ -7,6 +7,7 @@ in a function body fails here as well as one at the top of a file.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,16 @@ def test_every_public_name_is_the_facades_callable_even_after_every_module_is_im
             continue
         assert getattr(yolo_distill, name) is getattr(api, name), name
         assert callable(getattr(yolo_distill, name)), name
+
+
+def test_readme_lists_every_call_of_the_facade():
+    """README's "Every stage is one call of yolo_distill.api" sentence names each public function of ``api``."""
+    import inspect
+
+    from yolo_distill import api
+
+    readme = (PKG.parent / "README.md").read_text()
+    sentence = readme[readme.index("Every stage is one call of `yolo_distill.api`") :].split(";")[0]
+    named = set(re.findall(r"`(\w+)`", sentence))
+    functions = {n for n in api.__all__ if inspect.isfunction(getattr(api, n))}
+    assert functions - named == set(), f"README does not name {sorted(functions - named)}"

@@ -27,7 +27,7 @@ commands:
   prune    channel pruning (to a ratio, GFLOPs or a measured latency) or fine-grained zeros of a checkpoint
   carve    cut a stock smaller model of the family (e.g. yolo11n) out of a trained checkpoint (e.g. a yolo11s)
   lowrank  factorize a checkpoint's convolutions into two thinner ones each (SVD / spatial SVD)
-  export   ONNX / OpenVINO / NCNN export with PyTorch parity check, optional INT8, latency and mAP
+  export   ONNX / OpenVINO / NCNN / LiteRT export with PyTorch parity check, optional INT8, latency and mAP
   bench    run a benchmark recipe and write its report
   demo     every stage on the built-in dataset, with a summary table
   data     generate the built-in dataset or convert COCO-JSON / VOC-XML labels
