@@ -120,7 +120,8 @@ def kd_verdict(benches: list[str] | str, root: str = "bench") -> str:
 
 def _across(per_bench: dict[str, dict[str, tuple[float, float | None, int]]]) -> list[str]:
     """One line per distillation row (and native): its gain over plain's mean in each bench, in % of plain, on
-    best.pt / last.pt with its seeds, and the worst of those gains; best worst first."""
+    best.pt / last.pt with its seeds, and the worst of those gains. Rows judged in more benches first (a row that ran
+    in one regime has not shown that it never hurts), then best worst first."""
     gains: dict[str, dict[str, str]] = {}
     worst: dict[str, float] = {}
     for bench, means in per_bench.items():
@@ -138,11 +139,13 @@ def _across(per_bench: dict[str, dict[str, tuple[float, float | None, int]]]) ->
     benches = [b for b in per_bench if PLAIN in per_bench[b]]
     out = ["## Across regimes: gain over plain", "",
            "Each cell: mean best.pt / last.pt mAP50-95 over plain's, in % (seeds). Worst: the smallest gain anywhere; "
-           "the recipe that never hurts has the highest worst. A row missing from a bench is not judged there.", "",
+           "the recipe that never hurts has the highest worst. A row missing from a bench is not judged there: its "
+           "worst names how many benches it is judged in, and rows judged in fewer benches rank below.", "",
            "| row | " + " | ".join(benches) + " | worst |", "|---|" + "---|" * (len(benches) + 1)]  # fmt: skip
-    for row in sorted(gains, key=lambda r: -worst[r]):
+    for row in sorted(gains, key=lambda r: (-len(gains[r]), -worst[r])):
         cells = [gains[row].get(b, "-") for b in benches]
-        out.append(f"| {row} | " + " | ".join(cells) + f" | {worst[row]:+.1f} % |")
+        part = "" if len(gains[row]) == len(benches) else f" (in {len(gains[row])} of {len(benches)})"
+        out.append(f"| {row} | " + " | ".join(cells) + f" | {worst[row]:+.1f} %{part} |")
     return [*out, ""]
 
 
