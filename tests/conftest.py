@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import tempfile
 from pathlib import Path
 
 _CFG = tempfile.mkdtemp(prefix="yd_ultra_cfg_")
+atexit.register(shutil.rmtree, _CFG, ignore_errors=True)  # a test run leaves nothing behind in the temp dir
 os.environ["YOLO_CONFIG_DIR"] = _CFG  # keep Ultralytics' settings and font out of the home directory
 os.environ["YOLO_OFFLINE"] = "1"
 os.environ["YOLO_AUTOINSTALL"] = "0"
