@@ -549,6 +549,28 @@ def test_kd_verdict_judges_the_default_on_best_and_last_over_seeds(tmp_path):
     assert "Across regimes" not in text, "one bench: nothing to compare across"
 
 
+def test_kd_verdict_counts_seeds_run_beyond_the_recipe_s_repeats(tmp_path):
+    """A seed added later (``seed=2 repeats=1`` on a bench whose teacher is a path: the key ``repeats=3`` gives it)
+    counts in its row's mean; the other rows keep their two seeds."""
+    from yolo_distill.bench.verdict import kd_verdict
+
+    recipe = _verdict_bench(
+        tmp_path, "reg",
+        "  - {name: student_11n_plain, kind: train, model: yolo11n.yaml}\n"
+        "  - {name: student_11n_kd_default, kind: train, model: yolo11n.yaml, teacher: t.pt}\n",
+        lambda name, seed, _: ((0.40, 0.40) if "plain" in name else (0.50 + 0.1 * seed, 0.50 + 0.1 * seed)),
+        repeats=2)  # fmt: skip
+    spec = load_bench_recipe(str(recipe))
+    later = {"data": "shapes", **spec.settings, "seed": 2}
+    for row, _, k, _ in runner.plan_rows(spec, later, later, 1):
+        if row.name == "student_11n_kd_default":
+            cache.save(tmp_path / "bench" / "reg" / "results.json", k,
+                       {"name": row.name, "map50_95": 0.70, "last_map50_95": 0.70})  # fmt: skip
+    text = kd_verdict(str(recipe), root=str(tmp_path / "bench"))
+    assert "| student_11n_kd_default | 3 | 0.6000 ± 0.1000 | 0.6000 ± 0.1000 | 1.00 |" in text, text
+    assert "| student_11n_plain | 2 | 0.4000 ± 0.0000 |" in text, text
+
+
 def test_kd_verdict_finds_the_default_by_its_terms_not_its_name(tmp_path):
     """The bar judges the row that trains with default.yaml's terms, whatever it is called (the default may move to
     another recipe's terms); a row named ``..._default`` with other terms, or the default's terms with a bf16

@@ -44,19 +44,32 @@ def runs_the_default(row, default_terms: dict | None = None) -> bool:
 
 def finished_rows(recipe: str, root: str = "bench") -> dict[str, list[dict]]:
     """Every finished row of a bench (results in ``ROOT/<recipe stem>/``) and its seeds:
-    ``{row name: [result with "seed" and "taught" (trained with a teacher), ...]}``."""
+    ``{row name: [result with "seed" and "taught" (trained with a teacher), ...]}``.
+
+    Seeds beyond the recipe's ``repeats`` count too: those a run with ``repeats=N`` caches (or, where a row's
+    teacher is a path, ``seed=N repeats=1``, which gives the same keys). They are looked for one more repeat at a
+    time, under the keys such a run would use, until a repeat finds nothing new; a seed found once is not counted
+    again under another repeat count's key (a row with its own ``repeats:`` keeps its teacher's key of that count).
+    """
     spec = load_bench_recipe(recipe)
     settings = {"data": "shapes", **spec.settings}
     results = cache.load(Path(root) / spec.path.stem / "results.json")
     rows: dict[str, list[dict]] = {}
+    seen: set[tuple[str, int]] = set()
     default_terms = _terms("default")
-    for row, s, key, _ in plan_rows(spec, settings, settings, int(spec.repeats)):
-        if key in results:
-            taught = bool(row.teacher or row.distill_model)
-            rows.setdefault(row.name, []).append(
-                {**results[key], "seed": s["seed"], "taught": taught, "default": runs_the_default(row, default_terms)}
-            )
-    return rows
+    reps = int(spec.repeats)
+    while True:
+        new = 0
+        for row, s, key, _ in plan_rows(spec, settings, settings, reps):
+            if key in results and (row.name, s["seed"]) not in seen:
+                seen.add((row.name, s["seed"]))
+                new += 1
+                meta = {"seed": s["seed"], "taught": bool(row.teacher or row.distill_model),
+                        "default": runs_the_default(row, default_terms)}  # fmt: skip
+                rows.setdefault(row.name, []).append({**results[key], **meta})
+        if not new:
+            return rows
+        reps += 1
 
 
 def _stats(vals: list[float]) -> tuple[float, float]:
