@@ -137,7 +137,9 @@ class DistillRecipe:
         mode: ``offline`` (frozen teacher) or ``online`` (deep mutual learning: the teacher trains alongside the
             student, with its own detection loss plus the output-level terms distilled back from the student).
         alpha: the soft-label balance of Hinton et al.: loss = alpha * L_det + (1 - alpha) * sum_i w_i * L_kd_i,
-            in [0, 1]; unset (the default): loss = L_det + sum_i w_i * L_kd_i.
+            in [0, 1]; unset (the default): loss = L_det + sum_i w_i * L_kd_i. Ultralytics clips the gradient
+            norm at 10 and its norms run in the hundreds, so only the ratio alpha : (1 - alpha) changes training:
+            ``alpha: 0.5`` trains as unset does.
         ema_epochs: average the saved weights over at least about this many epochs (> 0). Ultralytics' EMA ramps
             its decay as ``0.9999 * (1 - exp(-updates / 2000))``: on a small dataset (80 images, batch 16, nbs 64:
             about one optimizer update per epoch) it stays near 0 for the whole run, so best.pt and last.pt are the
