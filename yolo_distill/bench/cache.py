@@ -78,6 +78,28 @@ def save(res_file: Path, k: str, entry: dict) -> dict[str, dict]:
     return cache
 
 
+def usable_checkpoint(path: str | Path) -> bool:
+    """Whether a cached row's checkpoint can stand for its result: the file is there and is not a training run's
+    mid-run save.
+
+    Ultralytics writes best.pt and last.pt after every epoch with the optimizer's state and the epoch, and strips both
+    (optimizer None, epoch -1) only when the run ends. A rerun of a cached row that was killed (its first epochs
+    done) leaves such a file where the cached result's checkpoint was; a row built on it would distil from or prune
+    a model of a few epochs while the report shows the finished row's numbers (a regime (d) student distilled from a
+    1-epoch teacher ended at 0.0 mAP). Files that are not Ultralytics training checkpoints count as usable.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return False
+    import torch
+
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # not a torch zip file (a stub, another format): not ours to judge
+        return True
+    return not (isinstance(ck, dict) and ck.get("optimizer") is not None and int(ck.get("epoch", -1)) >= 0)
+
+
 def finished_run(run_dir: Path, epochs: int, seed: int | None = None) -> Path | None:
     """``best.pt`` of a run in ``run_dir`` that trained all ``epochs`` with ``seed`` (a bench killed after
     training), else None."""

@@ -152,11 +152,13 @@ def plan_rows(spec: BenchRecipe, settings: dict, run_settings: dict, reps: int) 
 
 def _to_compute(plan: list, results: dict, to_run: set[str]) -> set[str]:
     """Cache keys to compute: rows asked for that have no result, and, transitively, the rows they build on whose
-    result is cached but whose checkpoint is gone (run folders are not kept with the results)."""
+    result is cached but whose checkpoint is gone (run folders are not kept with the results) or is the mid-run save
+    of a killed rerun (:func:`cache.usable_checkpoint`; the rerun then resumes)."""
     need = {k for row, _, k, _ in plan if row.name in to_run and k not in results}
     for _, _, k, ref_keys in reversed(plan):
         if k in need:
-            need |= {rk for rk in ref_keys.values() if not Path(results.get(rk, {}).get("checkpoint", "")).exists()}
+            need |= {rk for rk in ref_keys.values()
+                     if not cache.usable_checkpoint(results.get(rk, {}).get("checkpoint", ""))}  # fmt: skip
     return need
 
 
@@ -176,7 +178,7 @@ def _run_rows(spec: BenchRecipe, settings: dict, run_settings: dict, reps: int, 
             missing = [f"@{n}" for n in row.refs() if n not in done]
             if missing:
                 raise ValueError(f"{row.name} needs {missing} finished first; add them to only= or drop only=")
-            why = ("rerun asked" if k in again else "its checkpoint is gone, a row to run builds on it"
+            why = ("rerun asked" if k in again else "its checkpoint is gone or unfinished, a row to run builds on it"
                    if k in results else "running")  # fmt: skip
             LOGGER.info("bench: %s (seed %s): %s", row.name, s["seed"], why)
             results = cache.save(res_file, k, rows.run_row(row, s, done, out_dir))
