@@ -88,16 +88,22 @@ def usable_checkpoint(path: str | Path) -> bool:
     a model of a few epochs while the report shows the finished row's numbers (a regime (d) student distilled from a
     1-epoch teacher ended at 0.0 mAP). Files that are not Ultralytics training checkpoints count as usable.
     """
-    p = Path(path)
-    if not p.is_file():
+    if not Path(path).is_file():
         return False
+    ck = read_checkpoint(path)  # None: not a torch zip file (a stub, another format): not ours to judge
+    return ck is None or not (ck.get("optimizer") is not None and int(ck.get("epoch", -1)) >= 0)
+
+
+def read_checkpoint(path: str | Path) -> dict | None:
+    """The dict a torch checkpoint file holds (memory-mapped), or None when there is none to read: no file, a torn
+    file of a killed run, another format."""
     import torch
 
     try:
-        ck = torch.load(p, map_location="cpu", weights_only=False, mmap=True)
-    except Exception:  # not a torch zip file (a stub, another format): not ours to judge
-        return True
-    return not (isinstance(ck, dict) and ck.get("optimizer") is not None and int(ck.get("epoch", -1)) >= 0)
+        ck = torch.load(Path(path), map_location="cpu", weights_only=False, mmap=True)
+    except Exception:
+        return None
+    return ck if isinstance(ck, dict) else None
 
 
 def finished_run(run_dir: Path, epochs: int, seed: int | None = None) -> Path | None:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from yolo_distill.bench.cache import finished_run
+from yolo_distill.bench.cache import finished_run, read_checkpoint
 from yolo_distill.bench.spec import Row, is_ref
 from yolo_distill.checkpoints import load_model
 from yolo_distill.evaluation import evaluate
@@ -81,13 +81,8 @@ def train_row(row: Row, s: dict, done: dict[str, dict], model: str, epochs: int,
 
 def _resumable(last: Path, epochs: int, seed: int | None) -> bool:
     """Whether ``last`` is an unfinished run of this row (same epochs and seed) that Ultralytics can resume."""
-    if not last.is_file():
-        return False
-    import torch
-
-    try:
-        ck = torch.load(last, map_location="cpu", weights_only=False)
-    except Exception:  # a torn file of a killed run: start afresh
+    ck = read_checkpoint(last)
+    if ck is None:  # none, or a torn file of a killed run: start afresh
         return False
     args = ck.get("train_args") or {}
     return (ck.get("ema") is not None and 0 <= int(ck.get("epoch", -1)) < epochs - 1 and args.get("epochs") == epochs

@@ -8,6 +8,7 @@ continues where it stopped.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from yolo_distill.bench import cache, rows
@@ -155,10 +156,14 @@ def _to_compute(plan: list, results: dict, to_run: set[str]) -> set[str]:
     result is cached but whose checkpoint is gone (run folders are not kept with the results) or is the mid-run save
     of a killed rerun (:func:`cache.usable_checkpoint`; the rerun then resumes)."""
     need = {k for row, _, k, _ in plan if row.name in to_run and k not in results}
+
+    @functools.cache  # each checkpoint read once, however many rows build on it
+    def usable(rk: str) -> bool:
+        return cache.usable_checkpoint(results.get(rk, {}).get("checkpoint", ""))
+
     for _, _, k, ref_keys in reversed(plan):
         if k in need:
-            need |= {rk for rk in ref_keys.values()
-                     if not cache.usable_checkpoint(results.get(rk, {}).get("checkpoint", ""))}  # fmt: skip
+            need |= {rk for rk in ref_keys.values() if not usable(rk)}
     return need
 
 
